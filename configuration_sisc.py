@@ -1,0 +1,203 @@
+"""Configuration of SISC: an ALBEF-style vision-language model trained with similarity-regulated
+contrastive learning (SRCL, Jiang et al., ACL 2023).
+
+The config holds three sub-configs (image encoder, unimodal text encoder, fusion encoder) and every
+setting of the regulated contrastive loss. Defaults follow the paper's base architecture
+(ViT-B/16 at 256 px, 6 + 6 BERT-base layers, 256-d embeddings); `SiscConfig.small()` gives the tiny
+model the scripts and tests train on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, BertConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+CONTRASTIVE_LOSSES = ("srcl", "infonce")
+WEIGHT_NORMS = ("mean", "softmax")
+ALPHA_SCHEDULES = ("linear", "cosine", "constant")
+VISION_MODEL_TYPES = ("vit", "clip_vision_model")
+
+
+class SiscConfig(PreTrainedConfig):
+    r"""
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Image encoder config: a `ViTConfig` (default) or a `CLIPVisionConfig`.
+        text_config (`dict` or `BertConfig`, *optional*):
+            Unimodal text encoder (the paper: the first 6 layers of BERT-base).
+        fusion_encoder_config (`dict` or `BertConfig`, *optional*):
+            Fusion encoder: bidirectional BERT layers with cross-attention to the image patches (the paper:
+            the last 6 layers of BERT-base plus new cross-attention). Its `hidden_size` must equal the text
+            encoder's. (Not called `fusion_config`: transformers reserves that name for kernel fusion.)
+        embed_dim (`int`, defaults to 256):
+            Size of the shared, L2-normalised image/text embedding space.
+        temperature_init (`float`, defaults to 0.07):
+            Initial contrastive temperature; it is learned and kept within [0.001, 0.5] (as ALBEF does).
+        contrastive_loss (`str`, defaults to `"srcl"`):
+            `"srcl"`: negatives weighted by cross-modal similarity; `"infonce"`: plain CLIP/ALBEF ITC.
+        weight_norm (`str`, defaults to `"mean"`):
+            How `1 / s_ij` becomes a weight with mean 1 over each anchor's negatives: `"mean"` divides by the
+            mean (delta cancels), `"softmax"` takes (N - 1) * softmax(delta / s_ij) (delta is a sharpness).
+        delta (`float`, defaults to 1.0):
+            The paper's scaling factor in `w_ij = Norm(delta / s_ij)`; must be > 0.
+        removal_threshold (`float`, *optional*):
+            The paper's sec. 4.3 heuristic ("ALBEF++"): negatives whose normalised weight is below it are dropped
+            (weight 0), all others keep weight 1.
+        alpha_start, alpha_end (`float`, default 1.0 and 0.0):
+            Share of the frozen teacher's similarity in the mixed similarity at the first / last scheduled step.
+        alpha_steps (`int`, defaults to 10000):
+            Number of optimisation steps over which alpha moves from `alpha_start` to `alpha_end`.
+        alpha_schedule (`str`, defaults to `"linear"`):
+            Shape of the alpha schedule: `"linear"`, `"cosine"` or `"constant"` (stays at `alpha_start`).
+        itc_loss_weight, itm_loss_weight, mlm_loss_weight (`float`, default 1.0):
+            Weights of the three pretraining losses in `SiscForPreTraining`'s total loss.
+        mlm_probability (`float`, defaults to 0.15):
+            Fraction of text tokens masked for MLM.
+        gather_distributed (`bool`, defaults to `True`):
+            Under `torch.distributed`, gather image and text embeddings of all processes (with gradients) so that
+            each anchor's negatives, and the regulation weights, cover the global batch.
+        cls_token_id, sep_token_id, mask_token_id (`int`, BERT's 101, 102, 103):
+            Special tokens of the tokenizer, used by MLM masking (the pad id is `text_config.pad_token_id`).
+        tie_word_embeddings (`bool`, defaults to `True`):
+            Tie the MLM decoder to the text encoder's word embeddings (as BERT and ALBEF do).
+    """
+
+    model_type = "sisc"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(AutoConfig, model_type="vit"),
+        "text_config": BertConfig,
+        "fusion_encoder_config": BertConfig,
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | BertConfig | None = None
+    fusion_encoder_config: dict | BertConfig | None = None
+    embed_dim: int = 256
+    temperature_init: float = 0.07
+    contrastive_loss: str = "srcl"
+    weight_norm: str = "mean"
+    delta: float = 1.0
+    removal_threshold: float | None = None
+    alpha_start: float = 1.0
+    alpha_end: float = 0.0
+    alpha_steps: int = 10000
+    alpha_schedule: str = "linear"
+    itc_loss_weight: float = 1.0
+    itm_loss_weight: float = 1.0
+    mlm_loss_weight: float = 1.0
+    mlm_probability: float = 0.15
+    gather_distributed: bool = True
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        # The paper's base architecture when a sub-config is not given.
+        if self.vision_config is None:
+            self.vision_config = {"model_type": "vit", "image_size": 256, "patch_size": 16}
+        if self.text_config is None:
+            self.text_config = {"num_hidden_layers": 6}
+        if self.fusion_encoder_config is None:
+            self.fusion_encoder_config = {"num_hidden_layers": 6}
+        super().__post_init__(**kwargs)
+        self.validate_sisc_settings()
+
+    def validate(self):
+        # transformers runs `validate()` when saving; add SISC's own checks to its strict validators.
+        super().validate()
+        self.validate_sisc_settings()
+
+    def validate_sisc_settings(self):
+        """Raise a ValueError naming the field for any impossible setting (also run on save)."""
+        def fail(field, message):
+            raise ValueError(f"SiscConfig.{field} {message}")
+
+        if self.vision_config.model_type not in VISION_MODEL_TYPES:
+            fail("vision_config", f"must be one of {VISION_MODEL_TYPES}, got model_type={self.vision_config.model_type!r}")
+        if self.fusion_encoder_config.hidden_size != self.text_config.hidden_size:
+            fail(
+                "fusion_encoder_config",
+                f"hidden_size ({self.fusion_encoder_config.hidden_size}) must equal text_config.hidden_size "
+                f"({self.text_config.hidden_size}): the fusion encoder continues the text encoder's hidden states",
+            )
+        if not isinstance(self.embed_dim, int) or self.embed_dim <= 0:
+            fail("embed_dim", f"must be a positive integer, got {self.embed_dim!r}")
+        if not 0.001 <= self.temperature_init <= 0.5:
+            fail("temperature_init", f"must lie in [0.001, 0.5], got {self.temperature_init!r}")
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            fail("contrastive_loss", f"must be one of {CONTRASTIVE_LOSSES}, got {self.contrastive_loss!r}")
+        if self.weight_norm not in WEIGHT_NORMS:
+            fail("weight_norm", f"must be one of {WEIGHT_NORMS}, got {self.weight_norm!r}")
+        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta > 0):
+            fail("delta", f"must be a finite number > 0, got {self.delta!r}")
+        if self.removal_threshold is not None and not 0 <= self.removal_threshold:
+            fail("removal_threshold", f"must be None or >= 0, got {self.removal_threshold!r}")
+        for field in ("alpha_start", "alpha_end"):
+            if not 0.0 <= getattr(self, field) <= 1.0:
+                fail(field, f"must lie in [0, 1], got {getattr(self, field)!r}")
+        if not isinstance(self.alpha_steps, int) or self.alpha_steps < 0:
+            fail("alpha_steps", f"must be a non-negative integer, got {self.alpha_steps!r}")
+        if self.alpha_schedule not in ALPHA_SCHEDULES:
+            fail("alpha_schedule", f"must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}")
+        vocab_size = self.text_config.vocab_size
+        for field in ("cls_token_id", "sep_token_id", "mask_token_id"):
+            if not 0 <= getattr(self, field) < vocab_size:
+                fail(field, f"must be a token id in [0, {vocab_size}), got {getattr(self, field)!r}")
+        for field in ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight"):
+            if getattr(self, field) < 0:
+                fail(field, f"must be >= 0, got {getattr(self, field)!r}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            fail("mlm_probability", f"must lie in (0, 1), got {self.mlm_probability!r}")
+
+    def alpha_at(self, step: int) -> float:
+        """Teacher share alpha of the mixed similarity at optimisation step `step` (0-based)."""
+        if self.alpha_schedule == "constant" or self.alpha_steps == 0:
+            return float(self.alpha_start if self.alpha_schedule == "constant" else self.alpha_end)
+        progress = min(max(step, 0) / self.alpha_steps, 1.0)
+        if self.alpha_schedule == "cosine":
+            progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+        return float(self.alpha_start + (self.alpha_end - self.alpha_start) * progress)
+
+    @classmethod
+    def small(cls, vocab_size: int, image_size: int = 64, hidden_size: int = 128, **kwargs) -> "SiscConfig":
+        """The tiny default model of this repo: trains on a CPU in minutes on the embedded shapes dataset.
+
+        Special token ids default to those of the shipped vocabulary (`sisc_vocab.txt`: [PAD]=0, [CLS]=2,
+        [SEP]=3, [MASK]=4); pass others together with `vocab_size` for another tokenizer.
+        """
+        bert = dict(
+            vocab_size=vocab_size,
+            pad_token_id=kwargs.pop("pad_token_id", 0),
+            hidden_size=hidden_size,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden_size,
+            max_position_embeddings=64,
+        )
+        vision = dict(
+            model_type="vit",
+            image_size=image_size,
+            patch_size=8,
+            hidden_size=hidden_size,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden_size,
+        )
+        kwargs.setdefault("embed_dim", 64)
+        kwargs.setdefault("cls_token_id", 2)
+        kwargs.setdefault("sep_token_id", 3)
+        kwargs.setdefault("mask_token_id", 4)
+        return cls(
+            vision_config=vision,
+            text_config={**bert, "num_hidden_layers": 2},
+            fusion_encoder_config={**bert, "num_hidden_layers": 2},
+            **kwargs,
+        )
+
+
+SiscConfig.register_for_auto_class()
+
+__all__ = ["SiscConfig"]

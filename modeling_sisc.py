@@ -1,0 +1,893 @@
+"""SISC: ALBEF-style vision-language model with similarity-regulated contrastive learning (SRCL).
+
+Paper: Jiang et al., "Vision Language Pre-training by Contrastive Learning with Cross-Modal Similarity
+Regulation", ACL 2023. The image-text contrastive loss weights each in-batch negative by how unlike the anchor
+it is, so that (partial) false negatives are not pushed away as hard as true negatives.
+
+The loss is usable on its own by any dual encoder (rows are anchors, columns candidates, the diagonal holds the
+positives):
+
+    s = mixed_similarity(student_cos, teacher_cos, alpha)           # text x image
+    w_t2i = regulation_weights(s, delta=1.0, norm="mean")          # rows: texts
+    w_i2t = regulation_weights(s.T, delta=1.0, norm="mean")        # rows: images
+    loss = regulated_contrastive_loss(logits_per_text, w_t2i, w_i2t)
+
+The model reuses transformers' ViT / CLIP vision tower and BERT modules (SDPA attention, gradient checkpointing);
+only the fusion layer (bidirectional self-attention + cross-attention to image patches, which stock `BertLayer`
+does not allow) and the heads are assembled here, from BERT's own sub-modules.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers import AutoConfig, BertConfig, CLIPVisionModel, PreTrainedModel, ViTModel
+from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.bert.modeling_bert import (
+    BertAttention,
+    BertForMaskedLM,
+    BertIntermediate,
+    BertModel,
+    BertOnlyMLMHead,
+    BertOutput,
+)
+from transformers.utils import ModelOutput, logging
+
+try:  # loaded as a Hub/remote-code module
+    from .configuration_sisc import SiscConfig
+except ImportError:  # imported from the repository root
+    from configuration_sisc import SiscConfig
+
+logger = logging.get_logger(__name__)
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_sisc.SiscConfig",
+    "AutoModel": "modeling_sisc.SiscModel",
+    "AutoModelForPreTraining": "modeling_sisc.SiscForPreTraining",
+    "AutoModelForZeroShotImageClassification": "modeling_sisc.SiscModel",
+}
+# ALBEF keeps the learned temperature within [0.001, 0.5].
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.001, 0.5
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The regulated contrastive loss (SRCL)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_matrix(name: str, matrix: torch.Tensor) -> None:
+    if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor (anchors x candidates), got {getattr(matrix, 'shape', type(matrix))}")
+    if matrix.shape[0] > matrix.shape[1]:
+        raise ValueError(
+            f"{name} has more anchors ({matrix.shape[0]}) than candidates ({matrix.shape[1]}): "
+            "the positive of anchor i must be candidate i"
+        )
+
+
+def mixed_similarity(
+    student_cos: torch.Tensor, teacher_cos: torch.Tensor | None = None, alpha: float = 0.0
+) -> torch.Tensor:
+    """The paper's mixed similarity s_ij = alpha * exp(teacher_cos_ij) + (1 - alpha) * exp(student_cos_ij).
+
+    Both inputs are cosine similarities (anchors x candidates). Without a teacher the student alone is used
+    (alpha is then irrelevant). The result is detached and float32: the regulation weights carry no gradient.
+    """
+    _check_matrix("student_cos", student_cos)
+    student = student_cos.detach().float().exp()
+    if teacher_cos is None:
+        return student
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if teacher_cos.shape != student_cos.shape:
+        raise ValueError(
+            f"teacher_cos has shape {tuple(teacher_cos.shape)} but student_cos has shape {tuple(student_cos.shape)}"
+        )
+    teacher = teacher_cos.detach().float().to(student.device).exp()
+    return alpha * teacher + (1.0 - alpha) * student
+
+
+def _negatives_mask(shape: torch.Size, device: torch.device, ignore_mask: torch.Tensor | None) -> torch.Tensor:
+    """True where column j is a negative of anchor row i: everything but the positive (diagonal) and ignored pairs."""
+    rows, cols = shape
+    negatives = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    negatives[torch.arange(rows, device=device), torch.arange(rows, device=device)] = False
+    if ignore_mask is not None:
+        if ignore_mask.shape != shape:
+            raise ValueError(f"ignore_mask has shape {tuple(ignore_mask.shape)}, expected {tuple(shape)}")
+        negatives &= ~ignore_mask.to(device=device, dtype=torch.bool)
+    return negatives
+
+
+@torch.no_grad()
+def regulation_weights(
+    similarity: torch.Tensor,
+    *,
+    delta: float = 1.0,
+    norm: str = "mean",
+    threshold: float | None = None,
+    ignore_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weights w_ij of the negatives of each anchor (row), from the (positive) similarity s_ij, e.g. mixed_similarity.
+
+    - `norm="mean"`: w_ij = (1 / s_ij) / mean_k(1 / s_ik) over the row's negatives (delta cancels out);
+    - `norm="softmax"`: w_ij = (number of negatives) * softmax_j(delta / s_ij) over the row's negatives, so delta acts
+      as a sharpness;
+    - `threshold`: the paper's removal heuristic (sec. 4.3): weight 0 where the normalised weight is below the
+      threshold, 1 elsewhere.
+
+    Either way the mean over each row's negatives is 1 (before thresholding) and more similar => smaller weight.
+    The positive (diagonal) gets weight 1. `ignore_mask` (bool, same shape) marks pairs that are not negatives
+    though off the diagonal, e.g. another caption of the same image: they get weight 0 and are left out of the
+    normalisation. No gradient flows through the weights. Returns float32.
+    """
+    _check_matrix("similarity", similarity)
+    if norm not in ("mean", "softmax"):
+        raise ValueError(f"norm must be 'mean' or 'softmax', got {norm!r}")
+    if not (math.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be a finite number > 0, got {delta}")
+    s = similarity.detach().float()
+    if not bool(torch.isfinite(s).all() and (s > 0).all()):
+        raise ValueError("similarity must be finite and > 0 (it is exp(cos) in the paper); got non-positive values")
+    negatives = _negatives_mask(s.shape, s.device, ignore_mask)
+    num_negatives = negatives.sum(dim=1, keepdim=True)
+    if norm == "mean":
+        inverse = torch.where(negatives, 1.0 / s, torch.zeros_like(s))
+        row_mean = inverse.sum(dim=1, keepdim=True) / num_negatives.clamp(min=1)
+        weights = inverse / row_mean.clamp(min=torch.finfo(s.dtype).tiny)
+    else:
+        scores = torch.where(negatives, delta / s, torch.full_like(s, float("-inf")))
+        # A row without negatives would be all -inf; its (absent) negatives get no weight.
+        scores = torch.where(num_negatives > 0, scores, torch.zeros_like(s))
+        weights = torch.softmax(scores, dim=1) * num_negatives
+    if threshold is not None:
+        weights = (weights >= threshold).float()
+    weights = torch.where(negatives, weights, torch.zeros_like(weights))
+    rows = torch.arange(s.shape[0], device=s.device)
+    weights[rows, rows] = 1.0
+    return weights
+
+
+def anchor_contrastive_loss(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One direction of SRCL, averaged over anchors: rows are anchors, column i the positive of row i.
+
+    loss_i = logsumexp_j(logits_ij + log w_ij) - logits_ii with w_ii = 1: plain InfoNCE (cross-entropy) when
+    `weights` is None. Computed in float32; a zero weight drops that negative (log 0 = -inf) without NaNs.
+    """
+    _check_matrix("logits", logits)
+    logits = logits.float()
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    if weights is None:
+        return F.cross_entropy(logits, targets)
+    if weights.shape != logits.shape:
+        raise ValueError(f"weights have shape {tuple(weights.shape)}, logits have shape {tuple(logits.shape)}")
+    log_weights = torch.log(weights.detach().float().to(logits.device))
+    log_weights[targets, targets] = 0.0
+    positive = logits[targets, targets]
+    return (torch.logsumexp(logits + log_weights, dim=1) - positive).mean()
+
+
+def regulated_contrastive_loss(
+    logits_per_text: torch.Tensor,
+    weights_t2i: torch.Tensor | None = None,
+    weights_i2t: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SRCL image-text contrastive loss: mean of the text-to-image and image-to-text losses.
+
+    Args:
+        logits_per_text: (N, N) scaled similarities, text i x image j (= cos / temperature); pair i is (t_i, v_i).
+        weights_t2i: (N, N) weights of the images as negatives of each text (rows: texts), or None.
+        weights_i2t: (N, N) weights of the texts as negatives of each image (rows: images, i.e. the layout of
+            `logits_per_text.T`), or None.
+
+    With both weights None (or all ones) this is exactly CLIP's / ALBEF's InfoNCE loss.
+    """
+    _check_matrix("logits_per_text", logits_per_text)
+    if logits_per_text.shape[0] != logits_per_text.shape[1]:
+        raise ValueError(f"logits_per_text must be square (N texts x N images), got {tuple(logits_per_text.shape)}")
+    text_loss = anchor_contrastive_loss(logits_per_text, weights_t2i)
+    image_loss = anchor_contrastive_loss(logits_per_text.t(), weights_i2t)
+    return (text_loss + image_loss) / 2.0
+
+
+def same_id_mask(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
+    """Bool mask of off-diagonal pairs that share an id (e.g. two captions of one image): not negatives."""
+    mask = row_ids.view(-1, 1) == col_ids.view(1, -1)
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    mask[rows, rows] = False
+    return mask
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from all processes along dim 0, keeping gradients (identity outside distributed runs).
+
+    All processes must pass the same batch size (drop the last incomplete batch).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tensor
+    if torch.distributed.get_world_size() == 1:
+        return tensor
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SiscOutput(ModelOutput):
+    """Output of `SiscModel`, with CLIP's field names.
+
+    Args:
+        loss: the image-text contrastive loss (SRCL or InfoNCE per config), when `return_loss=True`.
+        logits_per_image: (n_images, n_texts) scaled cosine similarities.
+        logits_per_text: (n_texts, n_images), the transpose.
+        text_embeds / image_embeds: L2-normalised projected embeddings.
+        text_model_output / vision_model_output: the unimodal encoders' outputs.
+        weights_t2i / weights_i2t: the regulation weights used by the loss (rows: texts / images), over the global
+            batch in distributed runs; None for InfoNCE.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    weights_t2i: torch.FloatTensor | None = None
+    weights_i2t: torch.FloatTensor | None = None
+
+    def to_tuple(self) -> tuple[Any]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+@dataclass
+class SiscForPreTrainingOutput(ModelOutput):
+    """Output of `SiscForPreTraining`: the weighted sum `loss` of the three pretraining losses and each of them.
+
+    Args:
+        loss: itc_loss_weight * loss_itc + itm_loss_weight * loss_itm + mlm_loss_weight * loss_mlm.
+        loss_itc: regulated image-text contrastive loss (SRCL, or InfoNCE per config).
+        loss_itm: image-text matching loss (positives + one hard negative text per image and image per text).
+        loss_mlm: masked language modelling loss, predicting masked tokens from the fusion encoder.
+        itm_logits / itm_labels: (3B, 2) match logits and their 0/1 labels.
+        mlm_logits: (B, L, vocab) token logits of the masked captions.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_itc: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+    loss_mlm: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    itm_labels: torch.LongTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    weights_t2i: torch.FloatTensor | None = None
+    weights_i2t: torch.FloatTensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SiscFusionLayer(GradientCheckpointingLayer):
+    """BERT layer with bidirectional self-attention then cross-attention to image patches (ALBEF's fusion layer).
+
+    Built from BERT's own sub-modules (attention kernels selected by `config._attn_implementation`); parameter
+    names match `BertLayer`, so the layers of a pretrained BERT load directly (cross-attention starts fresh).
+    """
+
+    def __init__(self, config: BertConfig, layer_idx: int):
+        super().__init__()
+        self.attention = BertAttention(config, is_causal=False, layer_idx=layer_idx)
+        self.crossattention = BertAttention(config, is_causal=False, layer_idx=layer_idx, is_cross_attention=True)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask=None):
+        hidden_states, _ = self.attention(hidden_states, attention_mask)
+        hidden_states, _ = self.crossattention(
+            hidden_states, None, encoder_hidden_states, encoder_attention_mask
+        )
+        return self.output(self.intermediate(hidden_states), hidden_states)
+
+
+class SiscFusionEncoder(nn.Module):
+    """Stack of fusion layers: text hidden states attend to themselves and to the image patch states."""
+
+    def __init__(self, config: BertConfig, image_hidden_size: int):
+        super().__init__()
+        self.config = config
+        # Cross-attention keys/values are BERT-sized; project image states when the towers' widths differ.
+        self.image_projection = (
+            nn.Identity() if image_hidden_size == config.hidden_size else nn.Linear(image_hidden_size, config.hidden_size)
+        )
+        self.layer = nn.ModuleList([SiscFusionLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask=None):
+        image_hidden_states = self.image_projection(image_hidden_states)
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=text_hidden_states, attention_mask=text_attention_mask
+        )
+        encoder_attention_mask = None
+        if image_attention_mask is not None:
+            encoder_attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=text_hidden_states,
+                attention_mask=image_attention_mask,
+                encoder_hidden_states=image_hidden_states,
+            )
+        hidden_states = text_hidden_states
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, attention_mask, image_hidden_states, encoder_attention_mask)
+        return hidden_states
+
+
+def _build_vision_model(vision_config) -> nn.Module:
+    if vision_config.model_type == "clip_vision_model":
+        return CLIPVisionModel(vision_config)
+    return ViTModel(vision_config, add_pooling_layer=False)
+
+
+class SiscPreTrainedModel(PreTrainedModel):
+    config: SiscConfig
+    config_class = SiscConfig
+    base_model_prefix = "sisc"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["SiscFusionLayer", "BertLayer", "ViTLayer", "CLIPEncoderLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, SiscModel):
+            init.constant_(module.logit_scale, math.log(1.0 / self.config.temperature_init))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # One checkpoint serves every Auto class (the pipeline needs the zero-shot entry); transformers itself
+        # records only the class being saved.
+        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ---- initialisation from pretrained unimodal checkpoints (as in the paper) ----
+    @classmethod
+    def from_pretrained_encoders(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        num_text_layers: int | None = None,
+        num_fusion_layers: int | None = None,
+        **config_kwargs,
+    ):
+        """Build a SISC model whose encoders start from local pretrained checkpoints, as in the paper.
+
+        The image encoder loads a ViT folder or a CLIP (vision) folder. From a BERT folder, the text encoder takes
+        the first `num_text_layers` layers and the fusion encoder the next `num_fusion_layers` layers (default: an
+        even split) plus freshly initialised cross-attention. `SiscForPreTraining` also takes BERT's MLM head when
+        the folder has one. Projections, ITM head and cross-attention start from random weights.
+        """
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
+        if vision_config.model_type == "clip":
+            vision_config = vision_config.vision_config
+        bert_config = BertConfig.from_pretrained(text_model_name_or_path)
+        total = bert_config.num_hidden_layers
+        num_text_layers = num_text_layers if num_text_layers is not None else total // 2
+        num_fusion_layers = num_fusion_layers if num_fusion_layers is not None else total - num_text_layers
+        if num_text_layers < 1 or num_fusion_layers < 1 or num_text_layers + num_fusion_layers > total:
+            raise ValueError(
+                f"cannot take {num_text_layers} text + {num_fusion_layers} fusion layers from a {total}-layer BERT"
+            )
+        bert_dict = bert_config.to_dict()
+        for key in ("architectures", "model_type", "transformers_version", "_name_or_path"):
+            bert_dict.pop(key, None)
+        config = SiscConfig(
+            vision_config=vision_config.to_dict(),
+            text_config={**bert_dict, "num_hidden_layers": num_text_layers},
+            fusion_encoder_config={**bert_dict, "num_hidden_layers": num_fusion_layers},
+            **config_kwargs,
+        )
+        model = cls(config)
+        sisc = model.sisc if isinstance(model, SiscForPreTraining) else model
+
+        vision_cls = CLIPVisionModel if vision_config.model_type == "clip_vision_model" else ViTModel
+        vision_kwargs = {} if vision_cls is CLIPVisionModel else {"add_pooling_layer": False}
+        pretrained_vision = vision_cls.from_pretrained(vision_model_name_or_path, **vision_kwargs)
+        sisc.vision_model.load_state_dict(pretrained_vision.state_dict())
+
+        bert_mlm = BertForMaskedLM.from_pretrained(text_model_name_or_path)
+        bert_state = bert_mlm.bert.state_dict()
+        text_state, fusion_state = {}, {}
+        for key, value in bert_state.items():
+            match = re.match(r"encoder\.layer\.(\d+)\.(.*)", key)
+            if match is None:
+                if key.startswith("embeddings."):
+                    text_state[key] = value
+                continue
+            index, rest = int(match.group(1)), match.group(2)
+            if index < num_text_layers:
+                text_state[key] = value
+            elif index < num_text_layers + num_fusion_layers:
+                fusion_state[f"layer.{index - num_text_layers}.{rest}"] = value
+        missing, unexpected = sisc.text_model.load_state_dict(text_state, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+            raise ValueError(f"text encoder weights do not match: missing {missing}, unexpected {unexpected}")
+        missing, unexpected = sisc.fusion_model.load_state_dict(fusion_state, strict=False)
+        not_cross = [k for k in missing if ".crossattention." not in k and not k.startswith("image_projection")]
+        if unexpected or not_cross:
+            raise ValueError(f"fusion encoder weights do not match: missing {not_cross}, unexpected {unexpected}")
+        if isinstance(model, SiscForPreTraining):
+            model.mlm_head.load_state_dict(bert_mlm.cls.state_dict())
+            model.tie_weights()
+        logger.info(
+            f"SISC initialised from {vision_model_name_or_path} and {text_model_name_or_path} "
+            f"({num_text_layers} text + {num_fusion_layers} fusion layers)"
+        )
+        return model
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SiscModel(SiscPreTrainedModel):
+    """Image encoder + unimodal text encoder + fusion encoder with the regulated contrastive head and the ITM head.
+
+    `forward` behaves like `CLIPModel.forward` (logits_per_image / logits_per_text, optional loss), so CLIP-style
+    code and the `zero-shot-image-classification` pipeline work. `get_itm_logits` scores image-text pairs through
+    the fusion encoder (ALBEF-style re-ranking).
+    """
+
+    def __init__(self, config: SiscConfig):
+        super().__init__(config)
+        vision_hidden = config.vision_config.hidden_size
+        text_hidden = config.text_config.hidden_size
+        self.vision_model = _build_vision_model(config.vision_config)
+        self.text_model = BertModel(config.text_config, add_pooling_layer=False)
+        # The fusion layers are BERT modules outside a PreTrainedModel: give them the text tower's resolved kernel.
+        config.fusion_encoder_config._attn_implementation_internal = self.text_model.config._attn_implementation
+        self.fusion_model = SiscFusionEncoder(config.fusion_encoder_config, vision_hidden)
+        self.visual_projection = nn.Linear(vision_hidden, config.embed_dim)
+        self.text_projection = nn.Linear(text_hidden, config.embed_dim)
+        self.itm_head = nn.Linear(config.fusion_encoder_config.hidden_size, 2)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature_init)))
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.text_model.set_input_embeddings(value)
+
+    # ---- input checks: a clear error instead of a cryptic one deep inside an encoder ----
+    def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:
+        vc = self.config.vision_config
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be a (batch, {vc.num_channels}, height, width) tensor, "
+                f"got {getattr(pixel_values, 'shape', type(pixel_values))}"
+            )
+        if pixel_values.shape[1] != vc.num_channels:
+            raise ValueError(f"pixel_values have {pixel_values.shape[1]} channels, the model expects {vc.num_channels}")
+        if not interpolate_pos_encoding and tuple(pixel_values.shape[2:]) != (vc.image_size, vc.image_size):
+            raise ValueError(
+                f"pixel_values are {tuple(pixel_values.shape[2:])} pixels, the model expects "
+                f"({vc.image_size}, {vc.image_size}); resize them with the processor or pass "
+                "interpolate_pos_encoding=True"
+            )
+
+    def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(
+                f"input_ids must be a non-empty (batch, sequence) tensor, got {getattr(input_ids, 'shape', type(input_ids))}"
+            )
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids have {tuple(input_ids.shape)}"
+                )
+            empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"empty text (attention_mask all zero) at batch index(es) {empty}")
+
+    # ---- encoders ----
+    def encode_image(self, pixel_values, interpolate_pos_encoding: bool = False, **kwargs):
+        """Vision tower output and the normalised projected image embedding (from the [CLS] token)."""
+        self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+        outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
+        # ViT's last state is already layer-normed; CLIP's [CLS] summary is its post-layernormed pooler output.
+        cls = outputs.pooler_output if outputs.pooler_output is not None else outputs.last_hidden_state[:, 0]
+        return outputs, F.normalize(self.visual_projection(cls), dim=-1)
+
+    def encode_text(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
+        """Text encoder output and the normalised projected text embedding (from the [CLS] token)."""
+        self._check_text(input_ids, attention_mask)
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            return_dict=True,
+            **kwargs,
+        )
+        return outputs, F.normalize(self.text_projection(outputs.last_hidden_state[:, 0]), dim=-1)
+
+    def get_image_features(self, pixel_values, interpolate_pos_encoding: bool = False) -> torch.FloatTensor:
+        """L2-normalised image embeddings, shape (batch, embed_dim)."""
+        return self.encode_image(pixel_values, interpolate_pos_encoding)[1]
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None) -> torch.FloatTensor:
+        """L2-normalised text embeddings, shape (batch, embed_dim)."""
+        return self.encode_text(input_ids, attention_mask, token_type_ids, position_ids)[1]
+
+    def fuse(self, text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask=None):
+        """Fusion encoder output (batch, seq, hidden) for aligned batches of text and image hidden states."""
+        return self.fusion_model(text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask)
+
+    def get_itm_logits(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        pixel_values=None,
+        *,
+        text_hidden_states=None,
+        image_hidden_states=None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.FloatTensor:
+        """Image-text matching logits (batch, 2) for aligned pairs; column 1 is "match".
+
+        Pass raw inputs, or hidden states cached from `encode_text` / `encode_image` (re-ranking many candidates
+        for one query without re-encoding).
+        """
+        if text_hidden_states is None:
+            text_hidden_states = self.encode_text(input_ids, attention_mask)[0].last_hidden_state
+        if image_hidden_states is None:
+            image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding)[0].last_hidden_state
+        if text_hidden_states.shape[0] != image_hidden_states.shape[0]:
+            raise ValueError(
+                f"get_itm_logits scores aligned pairs: got {text_hidden_states.shape[0]} texts and "
+                f"{image_hidden_states.shape[0]} images"
+            )
+        fused = self.fuse(text_hidden_states, attention_mask, image_hidden_states)
+        return self.itm_head(fused[:, 0])
+
+    # ---- contrastive head ----
+    def logit_scale_value(self) -> torch.Tensor:
+        """exp(logit_scale) = 1 / temperature, with the temperature kept in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
+        return self.logit_scale.clamp(math.log(1 / MAX_TEMPERATURE), math.log(1 / MIN_TEMPERATURE)).exp()
+
+    def compute_regulation_weights(
+        self,
+        student_cos: torch.Tensor,
+        teacher_cos: torch.Tensor | None = None,
+        alpha: float | None = None,
+        ignore_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(weights_t2i, weights_i2t) per config for a text x image cosine matrix; (None, None) for InfoNCE.
+
+        `ignore_mask` (text x image, bool) marks off-diagonal pairs that are not negatives (same image).
+        """
+        config = self.config
+        if teacher_cos is not None and alpha is None:
+            raise ValueError("teacher similarities were given without alpha: pass alpha (see SiscConfig.alpha_at)")
+        if config.contrastive_loss == "infonce":
+            if ignore_mask is None:
+                return None, None
+            ones = torch.ones_like(student_cos, dtype=torch.float32)
+            return ones.masked_fill(ignore_mask, 0.0), ones.masked_fill(ignore_mask.t(), 0.0)
+        similarity = mixed_similarity(student_cos, teacher_cos, alpha if alpha is not None else 0.0)
+        kwargs = dict(delta=config.delta, norm=config.weight_norm, threshold=config.removal_threshold)
+        weights_t2i = regulation_weights(similarity, ignore_mask=ignore_mask, **kwargs)
+        weights_i2t = regulation_weights(
+            similarity.t(), ignore_mask=None if ignore_mask is None else ignore_mask.t(), **kwargs
+        )
+        return weights_t2i, weights_i2t
+
+    def contrastive_loss(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        *,
+        teacher_image_embeds: torch.Tensor | None = None,
+        teacher_text_embeds: torch.Tensor | None = None,
+        teacher_similarity: torch.Tensor | None = None,
+        alpha: float | None = None,
+        image_ids: torch.Tensor | None = None,
+    ):
+        """Regulated ITC over the (global, when distributed) batch. Returns (loss, weights_t2i, weights_i2t)."""
+        if image_embeds.shape[0] != text_embeds.shape[0]:
+            raise ValueError(
+                f"the contrastive loss needs aligned pairs: got {image_embeds.shape[0]} images and "
+                f"{text_embeds.shape[0]} texts"
+            )
+        if (teacher_image_embeds is None) != (teacher_text_embeds is None):
+            raise ValueError("pass both teacher_image_embeds and teacher_text_embeds, or neither")
+        if teacher_similarity is not None and teacher_image_embeds is not None:
+            raise ValueError("pass teacher embeddings or teacher_similarity, not both")
+        gather = gather_with_grad if self.config.gather_distributed else (lambda tensor: tensor)
+        image_embeds, text_embeds = gather(image_embeds), gather(text_embeds)
+        teacher_cos = teacher_similarity
+        if teacher_image_embeds is not None:
+            teacher_image = F.normalize(gather(teacher_image_embeds.detach()).float(), dim=-1)
+            teacher_text = F.normalize(gather(teacher_text_embeds.detach()).float(), dim=-1)
+            if teacher_image.shape[0] != image_embeds.shape[0] or teacher_text.shape[0] != text_embeds.shape[0]:
+                raise ValueError(
+                    f"teacher embeddings have {teacher_image.shape[0]} image / {teacher_text.shape[0]} text rows "
+                    f"for a batch of {image_embeds.shape[0]} pairs"
+                )
+            teacher_cos = teacher_text @ teacher_image.t()
+        ignore_mask = None
+        if image_ids is not None:
+            ids = gather(image_ids)
+            ignore_mask = same_id_mask(ids, ids)
+        student_cos = text_embeds @ image_embeds.t()
+        weights_t2i, weights_i2t = self.compute_regulation_weights(student_cos.detach(), teacher_cos, alpha, ignore_mask)
+        loss = regulated_contrastive_loss(self.logit_scale_value() * student_cos, weights_t2i, weights_i2t)
+        return loss, weights_t2i, weights_i2t
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        teacher_image_embeds: torch.FloatTensor | None = None,
+        teacher_text_embeds: torch.FloatTensor | None = None,
+        teacher_similarity: torch.FloatTensor | None = None,
+        alpha: float | None = None,
+        image_ids: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SiscOutput | tuple:
+        r"""
+        Args:
+            input_ids, attention_mask, token_type_ids, position_ids: the captions, as from `SiscProcessor`.
+            pixel_values: (n_images, 3, H, W) images, as from `SiscProcessor`.
+            return_loss: compute the regulated contrastive loss (needs as many images as texts, pair i = (v_i, t_i)).
+            teacher_image_embeds / teacher_text_embeds: a frozen teacher's embeddings of the same pairs; or
+            teacher_similarity: the teacher's (text x image) cosine similarity matrix (global batch when distributed).
+            alpha: teacher share of the mixed similarity (required with a teacher; see `SiscConfig.alpha_at`).
+            image_ids: (batch,) ids; off-diagonal pairs with the same image id are not used as negatives.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("SiscModel.forward needs both input_ids and pixel_values (use get_*_features for one)")
+        vision_outputs, image_embeds = self.encode_image(pixel_values, interpolate_pos_encoding, **kwargs)
+        text_outputs, text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids, position_ids, **kwargs)
+        logits_per_text = self.logit_scale_value() * text_embeds @ image_embeds.t()
+
+        loss = weights_t2i = weights_i2t = None
+        if return_loss:
+            loss, weights_t2i, weights_i2t = self.contrastive_loss(
+                image_embeds,
+                text_embeds,
+                teacher_image_embeds=teacher_image_embeds,
+                teacher_text_embeds=teacher_text_embeds,
+                teacher_similarity=teacher_similarity,
+                alpha=alpha,
+                image_ids=image_ids,
+            )
+        output = SiscOutput(
+            loss=loss,
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+            weights_t2i=weights_t2i,
+            weights_i2t=weights_i2t,
+        )
+        return_dict = return_dict if return_dict is not None else True
+        return output if return_dict else output.to_tuple()
+
+class SiscForPreTraining(SiscPreTrainedModel):
+    """SISC with the three pretraining objectives: regulated ITC + ITM with hard negatives + MLM."""
+
+    _tied_weights_keys = {
+        "mlm_head.predictions.decoder.weight": "sisc.text_model.embeddings.word_embeddings.weight",
+        "mlm_head.predictions.decoder.bias": "mlm_head.predictions.bias",
+    }
+
+    def __init__(self, config: SiscConfig):
+        super().__init__(config)
+        self.sisc = SiscModel(config)
+        self.mlm_head = BertOnlyMLMHead(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.sisc.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.mlm_head.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.mlm_head.predictions.decoder = new_embeddings
+        self.mlm_head.predictions.bias = new_embeddings.bias
+
+    def mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """BERT masking: `mlm_probability` of the real tokens; of those 80% [MASK], 10% random, 10% unchanged.
+
+        Returns (masked_input_ids, labels) with labels -100 where nothing is predicted. Special tokens ([CLS],
+        [SEP], [PAD]) and padding are never masked.
+        """
+        config = self.config
+        labels = input_ids.clone()
+        special = torch.zeros_like(input_ids, dtype=torch.bool)
+        for token_id in (config.text_config.pad_token_id, config.cls_token_id, config.sep_token_id):
+            if token_id is not None:
+                special |= input_ids == token_id
+        if attention_mask is not None:
+            special |= attention_mask == 0
+        probability = torch.full(input_ids.shape, config.mlm_probability, device=input_ids.device)
+        masked = torch.bernoulli(probability).bool() & ~special
+        labels[~masked] = -100
+        masked_ids = input_ids.clone()
+        replace = torch.bernoulli(torch.full(input_ids.shape, 0.8, device=input_ids.device)).bool() & masked
+        masked_ids[replace] = config.mask_token_id
+        randomise = torch.bernoulli(torch.full(input_ids.shape, 0.5, device=input_ids.device)).bool() & masked & ~replace
+        random_tokens = torch.randint(config.text_config.vocab_size, input_ids.shape, device=input_ids.device)
+        masked_ids[randomise] = random_tokens[randomise]
+        return masked_ids, labels
+
+    def _sample_hard_negatives(self, similarity: torch.Tensor, not_negative: torch.Tensor):
+        """For each row, one column drawn with probability softmax(similarity) over its negatives.
+
+        Returns (row_indices, column_indices) for the rows that have at least one negative.
+        """
+        probs = torch.softmax(similarity.detach().float(), dim=1).masked_fill(not_negative, 0.0)
+        has_negative = probs.sum(dim=1) > 0
+        rows = has_negative.nonzero().flatten()
+        if rows.numel() == 0:
+            return rows, rows
+        columns = torch.multinomial(probs[rows], 1).flatten()
+        return rows, columns
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        teacher_image_embeds: torch.FloatTensor | None = None,
+        teacher_text_embeds: torch.FloatTensor | None = None,
+        teacher_similarity: torch.FloatTensor | None = None,
+        alpha: float | None = None,
+        image_ids: torch.LongTensor | None = None,
+        mlm_input_ids: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SiscForPreTrainingOutput | tuple:
+        r"""
+        Same inputs as `SiscModel.forward` (pair i = image i, caption i), plus:
+            mlm_input_ids / mlm_labels: already-masked captions and their labels (-100 = not predicted), e.g. from
+                `DataCollatorForLanguageModeling`; when absent the captions are masked here (`mask_tokens`).
+        """
+        sisc = self.sisc
+        if input_ids is None or pixel_values is None:
+            raise ValueError("SiscForPreTraining needs both input_ids and pixel_values")
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"pretraining needs aligned pairs: got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        vision_outputs, image_embeds = sisc.encode_image(pixel_values, interpolate_pos_encoding)
+        text_outputs, text_embeds = sisc.encode_text(input_ids, attention_mask, token_type_ids)
+        image_states = vision_outputs.last_hidden_state
+        text_states = text_outputs.last_hidden_state
+
+        # ITC: regulated contrastive loss over the (global) batch.
+        loss_itc, weights_t2i, weights_i2t = sisc.contrastive_loss(
+            image_embeds,
+            text_embeds,
+            teacher_image_embeds=teacher_image_embeds,
+            teacher_text_embeds=teacher_text_embeds,
+            teacher_similarity=teacher_similarity,
+            alpha=alpha,
+            image_ids=image_ids,
+        )
+        logits_per_text = sisc.logit_scale_value() * text_embeds @ image_embeds.t()
+
+        # ITM: positives, plus for each text a hard negative image and for each image a hard negative text,
+        # drawn in proportion to the contrastive similarity (positives and same-image pairs excluded).
+        batch = input_ids.shape[0]
+        not_negative = torch.eye(batch, dtype=torch.bool, device=input_ids.device)
+        if image_ids is not None:
+            not_negative |= image_ids.view(-1, 1) == image_ids.view(1, -1)
+        text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative)
+        image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative)
+        itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
+        itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
+        itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
+        fused = sisc.fuse(itm_text_states, itm_text_mask, itm_image_states)
+        itm_logits = sisc.itm_head(fused[:, 0])
+        itm_labels = torch.cat(
+            [
+                torch.ones(batch, dtype=torch.long, device=input_ids.device),
+                torch.zeros(text_rows.numel() + image_rows.numel(), dtype=torch.long, device=input_ids.device),
+            ]
+        )
+        loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
+
+        # MLM: predict masked caption tokens from the fusion encoder, conditioned on the paired image.
+        if (mlm_input_ids is None) != (mlm_labels is None):
+            raise ValueError("pass both mlm_input_ids and mlm_labels, or neither")
+        if mlm_input_ids is None:
+            mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, attention_mask)
+        mlm_text = sisc.text_model(input_ids=mlm_input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        mlm_fused = sisc.fuse(mlm_text.last_hidden_state, attention_mask, image_states)
+        mlm_logits = self.mlm_head(mlm_fused)
+        if bool((mlm_labels != -100).any()):
+            loss_mlm = F.cross_entropy(mlm_logits.float().flatten(0, 1), mlm_labels.flatten(), ignore_index=-100)
+        else:  # nothing masked in this batch (very short captions): a zero that keeps the graph connected
+            loss_mlm = mlm_logits.sum() * 0.0
+
+        config = self.config
+        loss = (
+            config.itc_loss_weight * loss_itc + config.itm_loss_weight * loss_itm + config.mlm_loss_weight * loss_mlm
+        )
+        output = SiscForPreTrainingOutput(
+            loss=loss,
+            loss_itc=loss_itc,
+            loss_itm=loss_itm,
+            loss_mlm=loss_mlm,
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            itm_logits=itm_logits,
+            itm_labels=itm_labels,
+            mlm_logits=mlm_logits,
+            weights_t2i=weights_t2i,
+            weights_i2t=weights_i2t,
+        )
+        return_dict = return_dict if return_dict is not None else True
+        return output if return_dict else output.to_tuple()
+
+
+SiscModel.register_for_auto_class("AutoModel")
+SiscForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+
+__all__ = [
+    "SiscModel",
+    "SiscForPreTraining",
+    "SiscPreTrainedModel",
+    "SiscOutput",
+    "SiscForPreTrainingOutput",
+    "mixed_similarity",
+    "regulation_weights",
+    "regulated_contrastive_loss",
+    "anchor_contrastive_loss",
+    "gather_with_grad",
+]
