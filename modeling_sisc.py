@@ -218,9 +218,10 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     if torch.distributed.get_world_size() == 1:
         return tensor
-    import torch.distributed.nn.functional as dist_fn
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd
 
-    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
+    # backward sums the gradients of every process's copy (a reduce-scatter), which DDP's averaging undoes
+    return all_gather_tensor_autograd(tensor.contiguous(), 0, torch.distributed.group.WORLD)
 
 
 # --------------------------------------------------------------------------------------------------------------
