@@ -58,6 +58,16 @@ class SiscConfig(PreTrainedConfig):
         gather_distributed (`bool`, defaults to `True`):
             Under `torch.distributed`, gather image and text embeddings of all processes (with gradients) so that
             each anchor's negatives, and the regulation weights, cover the global batch.
+        use_momentum_distillation (`bool`, defaults to `False`):
+            ALBEF's extras for `SiscForPreTraining`: an EMA (momentum) copy of the unimodal towers gives the in-batch
+            candidates, a queue of its past features adds negatives (regulated like in-batch ones, with the teacher
+            embeddings stored beside them), and its similarities give soft targets (momentum distillation).
+        momentum (`float`, defaults to 0.995):
+            EMA factor of the momentum encoder.
+        queue_size (`int`, defaults to 0):
+            Number of past momentum features kept as extra negatives (ALBEF: 65536); 0 = no queue.
+        distill_alpha (`float`, defaults to 0.4):
+            Weight of the momentum soft targets against the one-hot positive (ALBEF's alpha).
         cls_token_id, sep_token_id, mask_token_id (`int`, BERT's 101, 102, 103):
             Special tokens of the tokenizer, used by MLM masking (the pad id is `text_config.pad_token_id`).
         tie_word_embeddings (`bool`, defaults to `True`):
@@ -89,6 +99,10 @@ class SiscConfig(PreTrainedConfig):
     mlm_loss_weight: float = 1.0
     mlm_probability: float = 0.15
     gather_distributed: bool = True
+    use_momentum_distillation: bool = False
+    momentum: float = 0.995
+    queue_size: int = 0
+    distill_alpha: float = 0.4
     cls_token_id: int = 101
     sep_token_id: int = 102
     mask_token_id: int = 103
@@ -150,6 +164,14 @@ class SiscConfig(PreTrainedConfig):
         for field in ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight"):
             if getattr(self, field) < 0:
                 fail(field, f"must be >= 0, got {getattr(self, field)!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            fail("momentum", f"must lie in [0, 1), got {self.momentum!r}")
+        if not isinstance(self.queue_size, int) or self.queue_size < 0:
+            fail("queue_size", f"must be a non-negative integer, got {self.queue_size!r}")
+        if self.queue_size and not self.use_momentum_distillation:
+            fail("queue_size", "needs use_momentum_distillation=True (the queue holds momentum features)")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            fail("distill_alpha", f"must lie in [0, 1], got {self.distill_alpha!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             fail("mlm_probability", f"must lie in (0, 1), got {self.mlm_probability!r}")
 

@@ -19,6 +19,7 @@ does not allow) and the heads are assembled here, from BERT's own sub-modules.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass
@@ -159,23 +160,38 @@ def regulation_weights(
     return weights
 
 
-def anchor_contrastive_loss(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def anchor_contrastive_loss(
+    logits: torch.Tensor, weights: torch.Tensor | None = None, targets: torch.Tensor | None = None
+) -> torch.Tensor:
     """One direction of SRCL, averaged over anchors: rows are anchors, column i the positive of row i.
 
     loss_i = logsumexp_j(logits_ij + log w_ij) - logits_ii with w_ii = 1: plain InfoNCE (cross-entropy) when
     `weights` is None. Computed in float32; a zero weight drops that negative (log 0 = -inf) without NaNs.
+    `targets` (rows summing to 1, e.g. ALBEF's momentum-distillation soft targets) replace the one-hot positive:
+    loss_i = -sum_j targets_ij * log p_ij under the same weighted softmax; dropped columns get no target mass.
     """
     _check_matrix("logits", logits)
     logits = logits.float()
-    targets = torch.arange(logits.shape[0], device=logits.device)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    if weights is None and targets is None:
+        return F.cross_entropy(logits, rows)
     if weights is None:
-        return F.cross_entropy(logits, targets)
+        weights = torch.ones_like(logits)
     if weights.shape != logits.shape:
         raise ValueError(f"weights have shape {tuple(weights.shape)}, logits have shape {tuple(logits.shape)}")
     log_weights = torch.log(weights.detach().float().to(logits.device))
-    log_weights[targets, targets] = 0.0
-    positive = logits[targets, targets]
-    return (torch.logsumexp(logits + log_weights, dim=1) - positive).mean()
+    log_weights[rows, rows] = 0.0
+    adjusted = logits + log_weights
+    log_norm = torch.logsumexp(adjusted, dim=1)
+    if targets is None:
+        return (log_norm - logits[rows, rows]).mean()
+    if targets.shape != logits.shape:
+        raise ValueError(f"targets have shape {tuple(targets.shape)}, logits have shape {tuple(logits.shape)}")
+    kept = torch.isfinite(log_weights)
+    targets = torch.where(kept, targets.detach().float(), torch.zeros_like(logits))
+    targets = targets / targets.sum(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    log_probs = adjusted - log_norm.unsqueeze(1)
+    return -torch.where(targets > 0, targets * log_probs, torch.zeros_like(log_probs)).sum(dim=1).mean()
 
 
 def regulated_contrastive_loss(
@@ -710,6 +726,70 @@ class SiscModel(SiscPreTrainedModel):
         return_dict = return_dict if return_dict is not None else True
         return output if return_dict else output.to_tuple()
 
+class SiscMomentumEncoder(nn.Module):
+    """ALBEF's momentum (EMA) copy of the unimodal towers and projections, with queues of its past features.
+
+    The queues also keep each entry's image id (a queued caption of the same image is no negative) and, when a
+    teacher is used, the teacher's embeddings, so queued negatives are regulated like in-batch ones.
+    """
+
+    def __init__(self, sisc: "SiscModel", config: SiscConfig):
+        super().__init__()
+        for name in ("vision_model", "text_model", "visual_projection", "text_projection"):
+            setattr(self, name, copy.deepcopy(getattr(sisc, name)))
+        self.requires_grad_(False)
+        size, dim = config.queue_size, config.embed_dim
+        self.register_buffer("image_queue", torch.zeros(size, dim))
+        self.register_buffer("text_queue", torch.zeros(size, dim))
+        self.register_buffer("teacher_image_queue", torch.zeros(size, dim))
+        self.register_buffer("teacher_text_queue", torch.zeros(size, dim))
+        self.register_buffer("id_queue", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, sisc: "SiscModel", momentum: float) -> None:
+        for name in ("vision_model", "text_model", "visual_projection", "text_projection"):
+            for p_m, p in zip(getattr(self, name).parameters(), getattr(sisc, name).parameters()):
+                p_m.mul_(momentum).add_(p.detach(), alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def encode(self, pixel_values, input_ids, attention_mask):
+        vision = self.vision_model(pixel_values=pixel_values, return_dict=True)
+        cls = vision.pooler_output if vision.pooler_output is not None else vision.last_hidden_state[:, 0]
+        text = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return (
+            F.normalize(self.visual_projection(cls), dim=-1),
+            F.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1),
+        )
+
+    def queued(self) -> dict[str, torch.Tensor]:
+        n = int(self.queue_len)
+        return {
+            "image": self.image_queue[:n],
+            "text": self.text_queue[:n],
+            "teacher_image": self.teacher_image_queue[:n],
+            "teacher_text": self.teacher_text_queue[:n],
+            "ids": self.id_queue[:n],
+        }
+
+    @torch.no_grad()
+    def enqueue(self, image, text, ids, teacher_image=None, teacher_text=None) -> None:
+        size = self.image_queue.shape[0]
+        if size == 0:
+            return
+        n = min(image.shape[0], size)
+        slots = (self.queue_ptr + torch.arange(n, device=image.device)) % size
+        self.image_queue[slots] = image[-n:].to(self.image_queue.dtype)
+        self.text_queue[slots] = text[-n:].to(self.text_queue.dtype)
+        self.id_queue[slots] = ids[-n:]
+        if teacher_image is not None:
+            self.teacher_image_queue[slots] = teacher_image[-n:].to(self.teacher_image_queue.dtype)
+            self.teacher_text_queue[slots] = teacher_text[-n:].to(self.teacher_text_queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+        self.queue_len.copy_(torch.clamp(self.queue_len + n, max=size))
+
+
 class SiscForPreTraining(SiscPreTrainedModel):
     """SISC with the three pretraining objectives: regulated ITC + ITM with hard negatives + MLM."""
 
@@ -723,6 +803,75 @@ class SiscForPreTraining(SiscPreTrainedModel):
         self.sisc = SiscModel(config)
         self.mlm_head = BertOnlyMLMHead(config.text_config)
         self.post_init()
+        # Created after post_init so that it starts as an exact copy of the initialised towers.
+        self.momentum_encoder = SiscMomentumEncoder(self.sisc, config) if config.use_momentum_distillation else None
+
+    def momentum_contrastive_loss(
+        self,
+        image_embeds,
+        text_embeds,
+        pixel_values,
+        input_ids,
+        attention_mask,
+        *,
+        teacher_image_embeds=None,
+        teacher_text_embeds=None,
+        alpha=None,
+        image_ids=None,
+    ):
+        """ALBEF-style ITC with SRCL weights: student anchors vs momentum candidates (global batch + queue),
+        soft targets from the momentum similarities. Returns (loss, weights_t2i, weights_i2t) over the in-batch
+        block and the queue."""
+        config, sisc, momentum = self.config, self.sisc, self.momentum_encoder
+        if self.training:
+            momentum.update(sisc, config.momentum)
+        gather = gather_with_grad if config.gather_distributed else (lambda tensor: tensor)
+        image_m, text_m = momentum.encode(pixel_values, input_ids, attention_mask)
+        image_m, text_m = gather(image_m), gather(text_m)
+        image_embeds, text_embeds = gather(image_embeds), gather(text_embeds)
+        batch = image_embeds.shape[0]
+        ids = gather(image_ids) if image_ids is not None else torch.arange(batch, device=image_embeds.device) - batch
+        queue = momentum.queued()
+        image_candidates = torch.cat([image_m, queue["image"]])
+        text_candidates = torch.cat([text_m, queue["text"]])
+        candidate_ids = torch.cat([ids, queue["ids"]])
+        ignore = same_id_mask(ids, candidate_ids)
+
+        teacher_t2i = teacher_i2t = None
+        teacher_image = teacher_text = None
+        if teacher_image_embeds is not None:
+            if alpha is None:
+                raise ValueError("teacher embeddings were given without alpha: pass alpha (see SiscConfig.alpha_at)")
+            teacher_image = F.normalize(gather(teacher_image_embeds.detach()).float(), dim=-1)
+            teacher_text = F.normalize(gather(teacher_text_embeds.detach()).float(), dim=-1)
+            teacher_t2i = teacher_text @ torch.cat([teacher_image, queue["teacher_image"]]).t()
+            teacher_i2t = teacher_image @ torch.cat([teacher_text, queue["teacher_text"]]).t()
+
+        scale = sisc.logit_scale_value()
+        cos_t2i = text_embeds @ image_candidates.t()
+        cos_i2t = image_embeds @ text_candidates.t()
+        weights_t2i = weights_i2t = None
+        if config.contrastive_loss == "srcl":
+            kwargs = dict(delta=config.delta, norm=config.weight_norm, threshold=config.removal_threshold)
+            a = alpha if alpha is not None else 0.0
+            weights_t2i = regulation_weights(mixed_similarity(cos_t2i, teacher_t2i, a), ignore_mask=ignore, **kwargs)
+            weights_i2t = regulation_weights(mixed_similarity(cos_i2t, teacher_i2t, a), ignore_mask=ignore, **kwargs)
+        else:
+            weights_t2i = weights_i2t = (~ignore).float()
+        with torch.no_grad():
+            one_hot = torch.zeros_like(cos_t2i, dtype=torch.float32)
+            one_hot[torch.arange(batch), torch.arange(batch)] = 1.0
+            soft_t2i = torch.softmax(scale.detach() * (text_m @ image_candidates.t()).float(), dim=1)
+            soft_i2t = torch.softmax(scale.detach() * (image_m @ text_candidates.t()).float(), dim=1)
+            targets_t2i = config.distill_alpha * soft_t2i + (1 - config.distill_alpha) * one_hot
+            targets_i2t = config.distill_alpha * soft_i2t + (1 - config.distill_alpha) * one_hot
+        loss = (
+            anchor_contrastive_loss(scale * cos_t2i, weights_t2i, targets_t2i)
+            + anchor_contrastive_loss(scale * cos_i2t, weights_i2t, targets_i2t)
+        ) / 2.0
+        if self.training:
+            momentum.enqueue(image_m, text_m, ids, teacher_image, teacher_text)
+        return loss, weights_t2i, weights_i2t
 
     def get_input_embeddings(self):
         return self.sisc.get_input_embeddings()
@@ -808,16 +957,31 @@ class SiscForPreTraining(SiscPreTrainedModel):
         image_states = vision_outputs.last_hidden_state
         text_states = text_outputs.last_hidden_state
 
-        # ITC: regulated contrastive loss over the (global) batch.
-        loss_itc, weights_t2i, weights_i2t = sisc.contrastive_loss(
-            image_embeds,
-            text_embeds,
-            teacher_image_embeds=teacher_image_embeds,
-            teacher_text_embeds=teacher_text_embeds,
-            teacher_similarity=teacher_similarity,
-            alpha=alpha,
-            image_ids=image_ids,
-        )
+        # ITC: regulated contrastive loss over the (global) batch, optionally ALBEF's momentum/queue variant.
+        if self.momentum_encoder is not None:
+            if teacher_similarity is not None:
+                raise ValueError("with use_momentum_distillation pass teacher embeddings (queued), not teacher_similarity")
+            loss_itc, weights_t2i, weights_i2t = self.momentum_contrastive_loss(
+                image_embeds,
+                text_embeds,
+                pixel_values,
+                input_ids,
+                attention_mask,
+                teacher_image_embeds=teacher_image_embeds,
+                teacher_text_embeds=teacher_text_embeds,
+                alpha=alpha,
+                image_ids=image_ids,
+            )
+        else:
+            loss_itc, weights_t2i, weights_i2t = sisc.contrastive_loss(
+                image_embeds,
+                text_embeds,
+                teacher_image_embeds=teacher_image_embeds,
+                teacher_text_embeds=teacher_text_embeds,
+                teacher_similarity=teacher_similarity,
+                alpha=alpha,
+                image_ids=image_ids,
+            )
         logits_per_text = sisc.logit_scale_value() * text_embeds @ image_embeds.t()
 
         # ITM: positives, plus for each text a hard negative image and for each image a hard negative text,
