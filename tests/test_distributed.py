@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-import socket
+import signal
 
 import pytest
 import torch
@@ -19,15 +19,20 @@ def run(tmp_path, processes: int, norm: str):
     if processes == 1:
         command = [sys.executable, WORKER, str(out), norm]
     else:
-        with socket.socket() as sock:  # a free port for the rendezvous
-            sock.bind(("127.0.0.1", 0))
-            port = str(sock.getsockname()[1])
+        # --standalone: torchrun picks a free local port for the rendezvous itself
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-            "--master_addr", "127.0.0.1", "--master_port", port, WORKER, str(out), norm,
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            WORKER, str(out), norm,
         ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # own process group, so that a hung run is killed whole (workers included) instead of outliving the test
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"{processes}-process run timed out: {stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
     return torch.load(out)
 
 

@@ -5,6 +5,7 @@ same model (same seed), takes its contiguous shard of the same global batch, com
 through DistributedDataParallel, and rank 0 saves the loss and the parameter gradients to argv[1].
 """
 
+import datetime
 import os
 import sys
 
@@ -19,7 +20,7 @@ from modeling_sisc import SiscModel  # noqa: E402
 def main(out_path: str, norm: str) -> None:
     distributed = "RANK" in os.environ
     if distributed:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
 
