@@ -479,6 +479,9 @@ class SiscModel(SiscPreTrainedModel):
     the fusion encoder (ALBEF-style re-ranking).
     """
 
+    # a pretraining checkpoint also holds the MLM head and momentum encoder, which the base model does not use
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_encoder\."]
+
     def __init__(self, config: SiscConfig):
         super().__init__(config)
         vision_hidden = config.vision_config.hidden_size

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up the environment (first run: a few minutes) and runs the test suite. Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+python -m pytest "$@"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates ./.venv (once) and installs SISC with its dependencies. Sourced by run_main.sh and run_tests.sh.
+#
+# torch: on a machine without an NVIDIA GPU we install the pinned CPU build first (torch==2.13.0; set
+# SISC_TORCH_INDEX_URL, e.g. to PyTorch's CPU wheel index, where your pip would otherwise pick a CUDA build).
+# With a GPU, pip's default (CUDA) torch is installed. A torch already in the venv is never replaced.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SISC_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating virtual environment in $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo "[setup] GPU found: installing torch (CUDA build)"
+        "${PIP[@]}" install "torch${SISC_TORCH_VERSION:+==$SISC_TORCH_VERSION}"
+    else
+        echo "[setup] no GPU: installing the CPU build torch==${SISC_TORCH_VERSION:-2.13.0}"
+        "${PIP[@]}" install "torch==${SISC_TORCH_VERSION:-2.13.0}" ${SISC_TORCH_INDEX_URL:+--index-url "$SISC_TORCH_INDEX_URL"}
+    fi
+fi
+
+# Install the project and its pinned-down dependencies once per change of pyproject.toml.
+STAMP="$VENV/.sisc-installed"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    echo "[setup] installing sisc and its dependencies"
+    "${PIP[@]}" install -e "$ROOT[test]"
+    touch "$STAMP"
+fi
+"$VENV/bin/python" -c "import torch, transformers; print(f'[setup] torch {torch.__version__} (cuda: {torch.cuda.is_available()}), transformers {transformers.__version__}')"
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,125 @@
+"""Pretraining end to end on tiny data: both losses, teacher + alpha schedule, teacher cache, resume, bad data."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from train import pretrain
+
+TINY = ["--image_size", "16", "--hidden_size", "32", "--per_device_batch_size", "8", "--num_workers", "0",
+        "--report_to", "none", "--eval_split", "", "--warmup_steps", "2", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    """40 coloured squares with two captions each (a JSON-lines file of image paths and caption lists)."""
+    folder = tmp_path_factory.mktemp("pairs")
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 30)}
+    rows = []
+    for i in range(40):
+        name = list(colours)[i % 4]
+        shade = tuple(max(0, c - 3 * i) for c in colours[name])
+        Image.new("RGB", (20, 20), shade).save(folder / f"img{i}.png")
+        rows.append({"image": f"img{i}.png", "caption": [f"a {name} square", f"something {name}"]})
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bad_pairs_file(pairs_file, tmp_path_factory):
+    """The same pairs plus a corrupt image, a missing image and an empty caption."""
+    folder = os.path.dirname(pairs_file)
+    with open(os.path.join(folder, "bad.png"), "wb") as f:
+        f.write(b"not a png")
+    lines = open(pairs_file).read()
+    extra = [{"image": "bad.png", "caption": "broken"}, {"image": "missing.png", "caption": "gone"},
+             {"image": "img0.png", "caption": "   "}]
+    path = os.path.join(folder, "bad_pairs.jsonl")
+    with open(path, "w") as f:
+        f.write(lines + "".join(json.dumps(row) + "\n" for row in extra))
+    return path
+
+
+def train(data, out, *extra):
+    return pretrain.main(["--dataset", data, "--output_dir", str(out), *TINY, *extra])
+
+
+def final_state(folder):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+@pytest.mark.parametrize("loss", ["infonce", "srcl"])
+def test_pretrain_saves_a_loadable_checkpoint(pairs_file, tmp_path, loss):
+    from transformers import AutoModel, AutoProcessor
+
+    result = train(pairs_file, tmp_path, "--loss", loss, "--max_steps", "3")
+    assert result["global_step"] == 3
+    summary = json.load(open(tmp_path / "results.json"))
+    assert summary["global_step"] == 3 and summary["last_logs"]["loss"] > 0
+    model = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert model.config.contrastive_loss == loss
+    inputs = processor(text=["a red square", "a blue square"], images=[Image.new("RGB", (20, 20), (200, 0, 0))])
+    with torch.no_grad():
+        assert model(**inputs).logits_per_image.shape == (1, 2)
+    if loss == "srcl":
+        assert "weights/mean" in summary["last_logs"] and summary["last_logs"]["weights/mean"] == pytest.approx(1.0, abs=1e-4)
+        assert any(name.endswith(".png") for name in os.listdir(tmp_path / "diagnostics"))
+
+
+def test_config_file_with_flag_override(pairs_file, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("loss: infonce\nmax_steps: 2\nlearning_rate: 0.0005\n")
+    model_args, data_args, args = pretrain.parse_args(["--config", str(config), "--max_steps", "1"])
+    assert model_args.loss == "infonce" and args.learning_rate == 0.0005 and args.max_steps == 1
+    config.write_text("not_a_field: 1\n")
+    with pytest.raises(ValueError, match="not_a_field"):
+        pretrain.parse_args(["--config", str(config)])
+
+
+def test_resume_gives_the_same_weights(pairs_file, tmp_path):
+    # K = 6 steps in one go (with a checkpoint at step 3), then a second run resumed from that checkpoint.
+    one_go = tmp_path / "one_go"
+    train(pairs_file, one_go, "--max_steps", "6", "--checkpointing_steps", "3")
+    checkpoint = one_go / "checkpoints" / "step_3"
+    assert checkpoint.is_dir()
+    resumed = tmp_path / "resumed"
+    result = train(pairs_file, resumed, "--max_steps", "6", "--resume_from_checkpoint", str(checkpoint))
+    assert result["global_step"] == 6
+    a, b = final_state(one_go), final_state(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    # 'latest' finds the newest checkpoint of the output folder
+    assert pretrain.find_checkpoint(str(one_go), "latest").endswith("step_6")
+
+
+def test_bad_samples_are_skipped_counted_and_bounded(bad_pairs_file, tmp_path):
+    # one epoch of 83 rows in 10 batches of 8 (drop_last): every bad row that lands in a batch is skipped
+    train(bad_pairs_file, tmp_path / "ok", "--num_epochs", "1", "--max_bad_fraction", "0.2")
+    summary = json.load(open(tmp_path / "ok" / "results.json"))
+    assert summary["seen_samples"] == 80
+    assert 0 <= summary["skipped_samples"] <= 3
+    with pytest.raises(RuntimeError, match="max_bad_fraction"):
+        train(bad_pairs_file, tmp_path / "strict", "--num_epochs", "2", "--max_bad_fraction", "0.0")
+
+
+def test_collator_skips_and_refills(bad_pairs_file):
+    from processing_sisc import build_default_processor
+    from train.data import PairCollator, load_pairs, pop_bookkeeping
+
+    rows = load_pairs(bad_pairs_file)
+    bad = [rows[i] for i in range(len(rows) - 3, len(rows))]
+    good = [rows[0], rows[1]]
+    batch = PairCollator(build_default_processor(image_size=16))(good + bad)
+    seen, skipped, reasons, _ = pop_bookkeeping(batch)
+    assert (seen, skipped) == (5, 3)
+    assert reasons["empty caption"] == 1 and sum(reasons.values()) == 3
+    # the batch keeps its size; refilled slots repeat kept rows with their image id
+    assert batch["pixel_values"].shape[0] == 5 and batch["image_ids"].tolist() == [0, 0, 0, 0, 0]

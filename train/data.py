@@ -1,0 +1,205 @@
+"""Image-caption data for SISC training: loading through `datasets`, decoding in DataLoader workers, bad-sample skips.
+
+Accepted sources (`load_pairs`):
+- `"shapes"`: the embedded synthetic dataset (`train/shapes_dataset.py`), built once and cached;
+- a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`;
+- a folder of images for `datasets`' `imagefolder` loader (captions in its `metadata.jsonl` / `metadata.csv`);
+- a `.json` / `.jsonl` / `.csv` / `.parquet` file of (image path, caption) rows; relative image paths are resolved
+  against the file's folder.
+A caption column may hold one caption or a list of captions; lists are expanded to one row per (image, caption)
+pair, and every row carries an `image_id` so that captions of one image are never each other's negatives.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json")
+    )
+
+
+def load_pairs(
+    source: str,
+    split: str = "train",
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    streaming: bool = False,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Load an image-caption dataset (see module docstring) as rows with `image`, `caption` and `image_id`."""
+    base_dir = None
+    if _is_saved_dataset(source):
+        loaded = datasets.load_from_disk(source)
+        ds = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if streaming:
+            ds = ds.to_iterable_dataset()
+    elif os.path.isdir(source):
+        ds = datasets.load_dataset("imagefolder", data_dir=source, split=split, streaming=streaming)
+    elif os.path.isfile(source):
+        extension = os.path.splitext(source)[1].lower()
+        if extension not in FILE_BUILDERS:
+            raise ValueError(f"unsupported data file {source!r}: use one of {sorted(FILE_BUILDERS)}")
+        ds = datasets.load_dataset(FILE_BUILDERS[extension], data_files=source, split="train", streaming=streaming)
+        base_dir = os.path.dirname(os.path.abspath(source))
+    else:
+        raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
+
+    columns = ds.column_names if ds.column_names is not None else list(ds.features or {})
+    for name in (image_column, caption_column):
+        if name not in columns:
+            raise ValueError(f"dataset {source!r} has no column {name!r}; its columns are {columns}")
+    if image_column != "image":
+        ds = ds.rename_column(image_column, "image")
+    if caption_column != "caption":
+        ds = ds.rename_column(caption_column, "caption")
+    # Decode images in the collator (DataLoader workers), where a corrupt file can be skipped and counted.
+    if isinstance((ds.features or {}).get("image"), datasets.Image):
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+    return expand_captions(ds, base_dir=base_dir, has_ids="image_id" in columns)
+
+
+def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
+    """One row per (image, caption); `image_id` is kept, or numbered per source row; relative paths resolved."""
+
+    def expand(batch, indices):
+        out = {key: [] for key in batch}
+        out["image_id"] = []
+        for row, index in enumerate(indices):
+            captions = batch["caption"][row]
+            captions = captions if isinstance(captions, (list, tuple)) else [captions]
+            image = batch["image"][row]
+            if base_dir is not None and isinstance(image, str) and not os.path.isabs(image):
+                image = os.path.join(base_dir, image)
+            for caption in captions:
+                for key in batch:
+                    out[key].append(batch[key][row])
+                out["image"][-1] = image
+                out["caption"][-1] = caption
+                out["image_id"].append(batch["image_id"][row] if has_ids else index)
+        return out
+
+    features = None
+    if getattr(ds, "features", None) is not None:
+        features = ds.features.copy()
+        if isinstance(features["caption"], (datasets.Sequence, datasets.List if hasattr(datasets, "List") else ())):
+            features["caption"] = datasets.Value("string")
+        features["image_id"] = datasets.Value("int64")
+    return ds.map(expand, batched=True, with_indices=True, features=features)
+
+
+def decode_image(value) -> Image.Image:
+    """A PIL RGB image from a datasets Image value, a path or raw bytes; raises on anything unreadable."""
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        if value.get("bytes") is not None:
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif value.get("path"):
+            image = Image.open(value["path"])
+        else:
+            raise ValueError("image entry has neither bytes nor path")
+    elif isinstance(value, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(value))
+    elif isinstance(value, str):
+        image = Image.open(value)
+    else:
+        raise ValueError(f"cannot read an image from {type(value).__name__}")
+    image.load()  # force decoding now, so truncated files fail here
+    return image.convert("RGB")
+
+
+@dataclass
+class SkipCounter:
+    """Counts samples skipped for bad data, by reason, and fails once too large a fraction was bad."""
+
+    max_bad_fraction: float = 0.05
+    seen: int = 0
+    skipped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def update(self, seen: int, skipped: int, reasons: dict | None = None) -> None:
+        self.seen += int(seen)
+        self.skipped += int(skipped)
+        self.reasons.update(reasons or {})
+
+    def check(self, min_seen: int = 1) -> None:
+        if self.seen >= min_seen and self.skipped > self.max_bad_fraction * self.seen:
+            raise RuntimeError(
+                f"{self.skipped} of {self.seen} samples ({self.skipped / self.seen:.1%}) were unreadable or empty, "
+                f"more than the allowed {self.max_bad_fraction:.1%} (--max_bad_fraction); reasons: {dict(self.reasons)}"
+            )
+
+    def report(self) -> str:
+        return f"skipped {self.skipped} of {self.seen} samples" + (f" ({dict(self.reasons)})" if self.skipped else "")
+
+
+class PairCollator:
+    """Decodes and processes a list of rows into a model batch, skipping unreadable images and empty captions.
+
+    Skipped rows are replaced by copies of readable rows of the same batch (with the same image id, so a copy is
+    never a negative of its original): every process keeps the same batch size, which the global-batch contrastive
+    loss needs. `num_seen` / `num_skipped` / `skip_reasons` report what happened.
+    Extra numeric columns listed in `passthrough` (e.g. cached teacher embeddings) are stacked into tensors.
+    `relevance_fn(rows) -> bool array (captions x images)`, when the data knows its ground truth, adds the batch's
+    `relevance` matrix for the false-negative diagnostics.
+    """
+
+    def __init__(self, processor, passthrough: tuple[str, ...] = (), relevance_fn=None):
+        self.processor = processor
+        self.passthrough = passthrough
+        self.relevance_fn = relevance_fn
+
+    def __call__(self, rows: list[dict]) -> dict:
+        kept, images, reasons = [], [], Counter()
+        for row in rows:
+            caption = row.get("caption")
+            if not isinstance(caption, str) or not caption.strip():
+                reasons["empty caption"] += 1
+                continue
+            try:
+                images.append(decode_image(row["image"]))
+            except Exception as error:  # any unreadable image is skipped, whatever the decoder raised
+                reasons[f"bad image ({type(error).__name__})"] += 1
+                continue
+            kept.append(row)
+        if not kept:
+            raise RuntimeError(f"every sample of a batch of {len(rows)} was unreadable: {dict(reasons)}")
+        order = [i % len(kept) for i in range(len(rows))]  # refill skipped slots with kept rows
+        batch = self.processor(
+            images=[images[i] for i in order],
+            text=[kept[i]["caption"].strip() for i in order],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+        )
+        batch = dict(batch)
+        batch.pop("token_type_ids", None)
+        batch["image_ids"] = torch.tensor([int(kept[i]["image_id"]) for i in order], dtype=torch.long)
+        for name in self.passthrough:
+            batch[name] = torch.tensor([kept[i][name] for i in order], dtype=torch.float32)
+        if self.relevance_fn is not None:
+            batch["relevance"] = torch.as_tensor(self.relevance_fn([kept[i] for i in order]), dtype=torch.bool)
+        batch["num_seen"] = torch.tensor(len(rows))
+        batch["num_skipped"] = torch.tensor(len(rows) - len(kept))
+        batch["skip_reasons"] = dict(reasons)
+        return batch
+
+
+def pop_bookkeeping(batch: dict) -> tuple[int, int, dict, torch.Tensor | None]:
+    """Remove the collator's counters (and ground-truth relevance) from a batch before it goes to the model."""
+    return int(batch.pop("num_seen")), int(batch.pop("num_skipped")), batch.pop("skip_reasons"), batch.pop("relevance", None)
