@@ -123,3 +123,72 @@ def test_collator_skips_and_refills(bad_pairs_file):
     assert reasons["empty caption"] == 1 and sum(reasons.values()) == 3
     # the batch keeps its size; refilled slots repeat kept rows with their image id
     assert batch["pixel_values"].shape[0] == 5 and batch["image_ids"].tolist() == [0, 0, 0, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(pairs_file, tmp_path_factory):
+    """A tiny teacher trained with plain InfoNCE (as the paper's teacher is)."""
+    out = tmp_path_factory.mktemp("teacher")
+    train(pairs_file, out, "--loss", "infonce", "--max_steps", "2")
+    return out
+
+
+def test_alpha_schedule():
+    from configuration_sisc import SiscConfig
+
+    config = SiscConfig.small(vocab_size=50, alpha_start=1.0, alpha_end=0.0, alpha_steps=10)
+    assert [config.alpha_at(s) for s in (0, 5, 10, 20)] == [1.0, 0.5, 0.0, 0.0]
+    config.alpha_schedule = "cosine"
+    assert config.alpha_at(5) == pytest.approx(0.5) and config.alpha_at(2) > 0.8
+    config.alpha_schedule = "constant"
+    assert config.alpha_at(7) == 1.0
+
+
+def test_student_with_teacher_logs_alpha(pairs_file, teacher_dir, tmp_path):
+    train(pairs_file, tmp_path, "--teacher", str(teacher_dir), "--max_steps", "4", "--alpha_steps", "4")
+    history = json.load(open(tmp_path / "results.json"))["last_logs"]
+    # alpha is logged after each step: step 4 of a 4-step linear schedule from 1 to 0 logs alpha_at(3) = 0.25
+    assert history["alpha"] == pytest.approx(0.25)
+
+
+def test_teacher_cache_gives_the_online_teacher_weights(pairs_file, teacher_dir, tmp_path):
+    from modeling_sisc import SiscModel, mixed_similarity, regulation_weights
+    from processing_sisc import build_default_processor
+    from train.cache_teacher import attach_teacher_cache, build_teacher_cache, load_teacher_cache
+    from train.data import PairCollator, load_pairs
+
+    teacher = SiscModel.from_pretrained(teacher_dir).eval()
+    processor = build_default_processor(image_size=16)
+    rows = load_pairs(pairs_file)
+    build_teacher_cache(teacher, processor, rows, str(tmp_path / "cache"), batch_size=16)
+    cached = attach_teacher_cache(rows, load_teacher_cache(str(tmp_path / "cache"), rows, teacher))
+
+    picked = [cached[i] for i in (0, 5, 17, 33, 50, 64, 70, 79)]
+    batch = PairCollator(processor, passthrough=("teacher_image_embeds", "teacher_text_embeds"))(picked)
+    with torch.no_grad():
+        online_image = teacher.get_image_features(batch["pixel_values"])
+        online_text = teacher.get_text_features(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(batch["teacher_image_embeds"], online_image, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch["teacher_text_embeds"], online_text, rtol=1e-4, atol=1e-5)
+    student_cos = torch.randn(8, 8).clamp(-1, 1)
+    w_online = regulation_weights(mixed_similarity(student_cos, online_text @ online_image.t(), 0.7))
+    w_cached = regulation_weights(
+        mixed_similarity(student_cos, batch["teacher_text_embeds"] @ batch["teacher_image_embeds"].t(), 0.7)
+    )
+    torch.testing.assert_close(w_cached, w_online, rtol=1e-4, atol=1e-5)
+
+    # a cache is refused for other data and for another teacher
+    with pytest.raises(ValueError, match="other training data"):
+        load_teacher_cache(str(tmp_path / "cache"), rows.select(range(10)), teacher)
+    other_teacher = SiscModel(teacher.config)
+    with pytest.raises(ValueError, match="another teacher"):
+        load_teacher_cache(str(tmp_path / "cache"), rows, other_teacher)
+
+
+def test_pretrain_with_teacher_cache(pairs_file, teacher_dir, tmp_path):
+    from train import cache_teacher
+
+    cache_dir = cache_teacher.main(["--teacher", str(teacher_dir), "--dataset", pairs_file, "--cache_dir", str(tmp_path / "cache")])
+    result = train(pairs_file, tmp_path / "run", "--teacher_cache", cache_dir, "--max_steps", "2", "--alpha_steps", "4")
+    assert result["global_step"] == 2
+    assert json.load(open(tmp_path / "run" / "results.json"))["last_logs"]["alpha"] == pytest.approx(0.75)
