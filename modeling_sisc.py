@@ -575,6 +575,7 @@ class SiscModel(SiscPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         pixel_values=None,
+        token_type_ids=None,
         *,
         text_hidden_states=None,
         image_hidden_states=None,
@@ -586,7 +587,7 @@ class SiscModel(SiscPreTrainedModel):
         for one query without re-encoding).
         """
         if text_hidden_states is None:
-            text_hidden_states = self.encode_text(input_ids, attention_mask)[0].last_hidden_state
+            text_hidden_states = self.encode_text(input_ids, attention_mask, token_type_ids)[0].last_hidden_state
         if image_hidden_states is None:
             image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding)[0].last_hidden_state
         if text_hidden_states.shape[0] != image_hidden_states.shape[0]:
