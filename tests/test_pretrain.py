@@ -192,3 +192,59 @@ def test_pretrain_with_teacher_cache(pairs_file, teacher_dir, tmp_path):
     result = train(pairs_file, tmp_path / "run", "--teacher_cache", cache_dir, "--max_steps", "2", "--alpha_steps", "4")
     assert result["global_step"] == 2
     assert json.load(open(tmp_path / "run" / "results.json"))["last_logs"]["alpha"] == pytest.approx(0.75)
+
+
+def test_streaming_bf16_and_accumulation(pairs_file, tmp_path):
+    result = train(
+        pairs_file, tmp_path, "--streaming", "--max_steps", "2", "--mixed_precision", "bf16",
+        "--gradient_accumulation_steps", "2",
+    )
+    assert result["global_step"] == 2
+    summary = json.load(open(tmp_path / "results.json"))
+    assert summary["seen_samples"] == 2 * 2 * 8  # 2 optimiser steps x 2 micro-batches x 8 pairs
+
+
+def test_streaming_needs_max_steps(pairs_file, tmp_path):
+    with pytest.raises(ValueError, match="max_steps"):
+        train(pairs_file, tmp_path, "--streaming")
+
+
+def test_data_formats_load_as_pairs(pairs_file, tmp_path):
+    import datasets
+
+    from train.data import load_pairs
+
+    from_jsonl = load_pairs(pairs_file)
+    assert len(from_jsonl) == 80 and set(from_jsonl.column_names) >= {"image", "caption", "image_id"}
+    assert from_jsonl[0]["image_id"] == from_jsonl[1]["image_id"] != from_jsonl[2]["image_id"]
+
+    # parquet and CSV with one caption per row; paths resolved against the file's folder
+    folder = os.path.dirname(pairs_file)
+    table = datasets.Dataset.from_dict({"path": ["img0.png", "img1.png"], "text": ["a red square", "a green one"]})
+    table.to_parquet(os.path.join(folder, "pairs.parquet"))
+    table.to_csv(os.path.join(folder, "pairs.csv"), index=False)
+    for name in ("pairs.parquet", "pairs.csv"):
+        rows = load_pairs(os.path.join(folder, name), image_column="path", caption_column="text")
+        assert len(rows) == 2 and os.path.isabs(rows[0]["image"]) and rows[1]["caption"] == "a green one"
+
+    # a saved Dataset with a decoded image column, and an imagefolder with captions in metadata.jsonl
+    images = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]
+    saved = datasets.Dataset.from_dict({"image": images, "caption": [["one", "two"], ["three"], ["four"]]})
+    saved = saved.cast_column("image", datasets.Image())
+    saved.save_to_disk(str(tmp_path / "saved"))
+    rows = load_pairs(str(tmp_path / "saved"))
+    assert len(rows) == 4 and rows["image_id"] == [0, 0, 1, 2]
+    image_folder = tmp_path / "imagefolder" / "train"
+    image_folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        image.save(image_folder / f"{i}.png")
+    (image_folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "caption": f"picture {i}"}) + "\n" for i in range(3))
+    )
+    rows = load_pairs(str(tmp_path / "imagefolder"))
+    assert len(rows) == 3 and sorted(rows["caption"]) == ["picture 0", "picture 1", "picture 2"]
+
+    with pytest.raises(ValueError, match="no column 'caption'"):
+        load_pairs(os.path.join(folder, "pairs.csv"), image_column="path")
+    with pytest.raises(FileNotFoundError):
+        load_pairs(str(tmp_path / "nowhere"))

@@ -284,7 +284,18 @@ def find_checkpoint(output_dir: str, resume: str) -> str:
 
 
 def main(argv=None) -> dict:
-    model_args, data_args, args = parse_args(argv)
+    try:
+        return run(*parse_args(argv))
+    finally:
+        # Accelerate's process state is a singleton: reset it so that main() can run again in this process with
+        # other settings (tests, benchmarks comparing objectives).
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArguments) -> dict:
     log_with = None
     if args.report_to == "auto":
         try:
@@ -300,7 +311,8 @@ def main(argv=None) -> dict:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # dispatch_batches=False: every process reads its own shard (batches carry non-tensor bookkeeping)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False),
     )
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
