@@ -104,7 +104,7 @@ def main(argv=None) -> str:
         raise ValueError("the teacher cache needs a map-style dataset (not --streaming)")
     teacher = SiscModel.from_pretrained(cache_args.teacher)
     processor = AutoProcessor.from_pretrained(cache_args.teacher, trust_remote_code=True)
-    rows = load_data(data_args, seed=0)[0]
+    rows = load_data(data_args)[0]
     output_dir = cache_args.cache_dir or os.path.join(
         data_args.data_cache_dir if data_args.dataset == "shapes" else os.path.dirname(os.path.abspath(data_args.dataset)),
         f"teacher_cache_{teacher_key(teacher)}_{data_key(rows)[:12]}",

@@ -15,7 +15,6 @@ Train a teacher with plain InfoNCE on the clean split, then the student with it:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -28,7 +27,6 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from accelerate.logging import get_logger  # noqa: E402
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -39,7 +37,6 @@ from modeling_sisc import SiscForPreTraining, SiscModel  # noqa: E402
 from processing_sisc import build_default_processor  # noqa: E402
 from train.data import PairCollator, SkipCounter, load_pairs, pop_bookkeeping  # noqa: E402
 
-logger = get_logger(__name__)
 
 
 @dataclass
@@ -156,7 +153,7 @@ def build_model(model_args: ModelArguments, processor, total_steps: int) -> Sisc
     return SiscForPreTraining(config)
 
 
-def load_data(data_args: DataArguments, seed: int):
+def load_data(data_args: DataArguments):
     """(train rows, eval split or None, dataset description) for the chosen source."""
     if data_args.dataset == "shapes":
         from train.shapes_dataset import ShapesConfig, load_shapes_dataset
@@ -173,10 +170,9 @@ def load_data(data_args: DataArguments, seed: int):
             shapes_config.num_train = data_args.shapes_num_train
         splits = load_shapes_dataset(shapes_config, cache_dir=data_args.data_cache_dir)
         description = f"embedded shapes dataset, preset '{data_args.shapes_preset}'"
-        source = data_args.data_cache_dir
         train = load_pairs_from_split(splits[data_args.train_split], data_args.streaming)
         evaluation = splits[data_args.eval_split] if data_args.eval_split else None
-        return train, evaluation, description, source
+        return train, evaluation, description
     train = load_pairs(
         data_args.dataset,
         data_args.train_split,
@@ -184,7 +180,7 @@ def load_data(data_args: DataArguments, seed: int):
         caption_column=data_args.caption_column,
         streaming=data_args.streaming,
     )
-    return train, None, f"{data_args.dataset} ({data_args.train_split})", data_args.dataset
+    return train, None, f"{data_args.dataset} ({data_args.train_split})"
 
 
 def load_pairs_from_split(split, streaming: bool):
@@ -323,7 +319,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         else build_default_processor(image_size=model_args.image_size, max_length=model_args.max_length)
     )
     with accelerator.main_process_first():
-        train_rows, eval_split, data_description, data_source = load_data(data_args, args.seed)
+        train_rows, eval_split, data_description = load_data(data_args)
 
     teacher = None
     if model_args.teacher:
@@ -376,7 +372,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         if steps_per_epoch:
             start_epoch = global_step // steps_per_epoch
             skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info(f"resumed from {checkpoint} at step {global_step}", main_process_only=True)
+        accelerator.print(f"resumed from {checkpoint} at step {global_step}")
 
     if accelerator.is_main_process:
         tracker_config = {**asdict(model_args), **asdict(data_args), **asdict(args)}
@@ -460,7 +456,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         else:
             epoch += 1
             skips.check()
-            logger.info(f"epoch {epoch}: {skips.report()}", main_process_only=True)
+            accelerator.print(f"epoch {epoch}: {skips.report()}")
             continue
         break
     progress.close()

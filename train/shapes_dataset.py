@@ -62,7 +62,6 @@ import argparse
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import logging
 import os
