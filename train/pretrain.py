@@ -86,7 +86,7 @@ class PretrainArguments:
     output_dir: str = "outputs/sisc-small"
     seed: int = 42
     per_device_batch_size: int = 64
-    num_epochs: int = 4
+    num_epochs: int = 2
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimiser steps."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of text/fusion/heads."})
     vision_learning_rate: float | None = field(default=None, metadata={"help": "Vision tower learning rate (default: same)."})
