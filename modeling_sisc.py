@@ -234,10 +234,16 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     if torch.distributed.get_world_size() == 1:
         return tensor
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+    import warnings
 
-    # backward sums the gradients of every process's copy (a reduce-scatter), which DDP's averaging undoes
-    return all_gather_tensor_autograd(tensor.contiguous(), 0, torch.distributed.group.WORLD)
+    import torch.distributed.nn.functional as dist_fn
+
+    # The synchronous autograd all-gather (its backward sums every process's gradient for its own slice, which
+    # DDP's averaging undoes). torch deprecates it in favour of functional collectives, whose asynchronous
+    # backward we saw hang with gloo; keep the proven one until that is resolved.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
 
 
 # --------------------------------------------------------------------------------------------------------------

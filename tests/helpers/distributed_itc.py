@@ -18,6 +18,9 @@ from modeling_sisc import SiscModel  # noqa: E402
 
 
 def main(out_path: str, norm: str) -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(60, exit=True)  # a hung worker prints where it hangs, then exits
     distributed = "RANK" in os.environ
     if distributed:
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
@@ -61,7 +64,13 @@ def main(out_path: str, norm: str) -> None:
         grads = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
         torch.save({"loss": out.loss.detach(), "weights_t2i": out.weights_t2i, "grads": grads, "world": world}, out_path)
     if distributed:
+        dist.barrier()
         dist.destroy_process_group()
+        # Tearing down DDP/gloo objects at interpreter exit sometimes hung one worker here (torch 2.13, CPU);
+        # everything is saved, so leave without running destructors.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
