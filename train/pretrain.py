@@ -506,10 +506,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, global_step: int)
 
 
 def write_card(args, model_args, data_args, config, metrics, data_description, num_pairs) -> None:
-    try:
-        from train.model_card import render_model_card
-    except ImportError:  # model card support not installed in this checkout
-        return
+    from train.model_card import render_model_card
+
     hyperparameters = {
         "per_device_batch_size": args.per_device_batch_size,
         "learning_rate": args.learning_rate,
@@ -530,7 +528,8 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         num_train_pairs=num_pairs,
         hyperparameters=hyperparameters,
         base_model=model_args.model_name_or_path,
-        teacher=model_args.teacher,
+        teacher=model_args.teacher or model_args.teacher_cache,
+        eval_split=data_args.eval_split or "none",
     )
 
 
