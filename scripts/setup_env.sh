@@ -25,11 +25,22 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 
-# Install the project and its pinned-down dependencies once per change of pyproject.toml.
+# Install the dependencies listed in pyproject.toml (once per change of it). The project itself is NOT installed:
+# like a Hub model repo its modules are used from this folder, and a checkpoint must load from its own copies.
 STAMP="$VENV/.sisc-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-    echo "[setup] installing sisc and its dependencies"
-    "${PIP[@]}" install -e "$ROOT[test]"
+    echo "[setup] installing the dependencies of pyproject.toml"
+    "$VENV/bin/python" -c "import tomllib" 2>/dev/null || "${PIP[@]}" install tomli
+    "$VENV/bin/python" - "$ROOT/pyproject.toml" > "$VENV/sisc-requirements.txt" <<'PY'
+import sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
+PY
+    "${PIP[@]}" install -r "$VENV/sisc-requirements.txt"
     touch "$STAMP"
 fi
 "$VENV/bin/python" -c "import torch, transformers; print(f'[setup] torch {torch.__version__} (cuda: {torch.cuda.is_available()}), transformers {transformers.__version__}')"
