@@ -736,6 +736,7 @@ class SiscModel(SiscPreTrainedModel):
         return_dict = return_dict if return_dict is not None else True
         return output if return_dict else output.to_tuple()
 
+
 class SiscMomentumEncoder(nn.Module):
     """ALBEF's momentum (EMA) copy of the unimodal towers and projections, with queues of its past features.
 
