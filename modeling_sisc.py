@@ -366,6 +366,13 @@ class SiscFusionEncoder(nn.Module):
         return hidden_states
 
 
+def image_summary(vision_outputs) -> torch.Tensor:
+    """The image's [CLS] summary: ViT's last state is already layer-normed; CLIP's is its post-layernormed pooler."""
+    if vision_outputs.pooler_output is not None:
+        return vision_outputs.pooler_output
+    return vision_outputs.last_hidden_state[:, 0]
+
+
 def _build_vision_model(vision_config) -> nn.Module:
     if vision_config.model_type == "clip_vision_model":
         return CLIPVisionModel(vision_config)
@@ -547,9 +554,7 @@ class SiscModel(SiscPreTrainedModel):
         outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
-        # ViT's last state is already layer-normed; CLIP's [CLS] summary is its post-layernormed pooler output.
-        cls = outputs.pooler_output if outputs.pooler_output is not None else outputs.last_hidden_state[:, 0]
-        return outputs, F.normalize(self.visual_projection(cls), dim=-1)
+        return outputs, F.normalize(self.visual_projection(image_summary(outputs)), dim=-1)
 
     def encode_text(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
         """Text encoder output and the normalised projected text embedding (from the [CLS] token)."""
@@ -767,10 +772,9 @@ class SiscMomentumEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, pixel_values, input_ids, attention_mask):
         vision = self.vision_model(pixel_values=pixel_values, return_dict=True)
-        cls = vision.pooler_output if vision.pooler_output is not None else vision.last_hidden_state[:, 0]
         text = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         return (
-            F.normalize(self.visual_projection(cls), dim=-1),
+            F.normalize(self.visual_projection(image_summary(vision)), dim=-1),
             F.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1),
         )
 
