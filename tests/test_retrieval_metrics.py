@@ -279,3 +279,26 @@ def test_bad_inputs():
         retrieval_metrics(SIM, OWNER, ks=(0, 1))
     with pytest.raises(ValueError, match="ks"):
         retrieval_metrics(SIM, OWNER, ks=())
+
+
+def test_separate_image_retrieval_scores_only_change_the_ir_metrics():
+    """After re-ranking, TR and IR rank by different matrices: each direction must read its own."""
+    torch.manual_seed(0)
+    text_side, image_side = torch.randn(6, 12), torch.randn(6, 12)
+    owner = [i // 2 for i in range(12)]
+    relevance = torch.zeros(12, 6, dtype=torch.bool)
+    relevance[torch.arange(12), torch.tensor(owner)] = True
+    relevance[0, 3] = True
+    mixed = retrieval_metrics(text_side, owner, relevance, image_retrieval_similarity=image_side)
+    tr_only, ir_only = retrieval_metrics(text_side, owner, relevance), retrieval_metrics(image_side, owner, relevance)
+    for key, value in mixed.items():
+        if key.startswith("tr_"):
+            assert value == tr_only[key], key
+        elif key.startswith("ir_"):
+            assert value == ir_only[key], key
+    recalls = [tr_only[f"tr_r{k}"] for k in (1, 5, 10)] + [ir_only[f"ir_r{k}"] for k in (1, 5, 10)]
+    assert mixed["r_mean"] == pytest.approx(sum(recalls) / 6)
+    same = retrieval_metrics(text_side, owner, relevance, image_retrieval_similarity=text_side)
+    assert same == tr_only
+    with pytest.raises(ValueError, match="image_retrieval_similarity has shape"):
+        retrieval_metrics(text_side, owner, image_retrieval_similarity=image_side[:, :5])

@@ -32,7 +32,7 @@ REQUIRED_COLUMNS = {"image", "caption", "image_id", "scene", "caption_facts"}
 
 
 def tiny(**overrides) -> ShapesConfig:
-    values = dict(num_train=12, num_annotated=6, num_test=5, image_size=32)
+    values = dict(num_train=12, num_annotated=6, num_test=5, num_validation=4, image_size=32)
     values.update(overrides)
     return ShapesConfig(**values)
 
@@ -241,10 +241,11 @@ def test_full_captions_describe_every_object_of_the_annotated_split():
 def test_splits_columns_and_images(tmp_path):
     config = tiny()
     ds = load_shapes_dataset(config, cache_dir=str(tmp_path))
-    assert set(ds) == {"train", "annotated", "test"}
+    assert set(ds) == {"train", "annotated", "test", "validation"}
     assert len(ds["train"]) == config.num_train * config.captions_per_image
     assert len(ds["annotated"]) == config.num_annotated * config.annotated_captions_per_image
     assert len(ds["test"]) == config.num_test * config.test_captions_per_image
+    assert len(ds["validation"]) == config.num_validation * config.test_captions_per_image
     ids = {}
     for name, split in ds.items():
         assert REQUIRED_COLUMNS <= set(split.column_names)
@@ -255,7 +256,9 @@ def test_splits_columns_and_images(tmp_path):
         assert isinstance(row["caption"], str) and row["caption"]
         json.loads(row["scene"]), json.loads(row["caption_facts"])
     assert len(ids["train"]) == config.num_train and len(ids["test"]) == config.num_test
-    assert not (ids["train"] & ids["annotated"]) and not (ids["train"] & ids["test"]) and not (ids["annotated"] & ids["test"])
+    assert len(ids["validation"]) == config.num_validation
+    all_ids = [ids[name] for name in ("train", "annotated", "test", "validation")]
+    assert sum(map(len, all_ids)) == len(set().union(*all_ids)), "image ids must be unique across the splits"
     assert dataset_fingerprint(ds) == dataset_fingerprint(ds["test"]) == shapes_fingerprint(config)
 
 

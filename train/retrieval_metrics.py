@@ -149,6 +149,7 @@ def retrieval_metrics(
     relevance=None,
     ks: Sequence[int] = STANDARD_KS,
     *,
+    image_retrieval_similarity=None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> dict[str, float]:
     """Image-text retrieval metrics of a similarity matrix.
@@ -160,6 +161,9 @@ def retrieval_metrics(
         relevance: optional bool (n_captions, n_images), ``relevance[c, i]`` = caption c is true of image i.
             It must mark every caption's own image as relevant.
         ks: the K of the R@K metrics.
+        image_retrieval_similarity: optional (n_images, n_captions) scores that rank the images for each caption
+            (IR) when they differ from those ranking the captions for each image (TR), as after ITM re-ranking
+            of each direction's top-k candidates; default: ``similarity`` for both. Keyword only.
         chunk_elements: scores processed at once (memory bound), keyword only.
 
     Returns:
@@ -175,6 +179,18 @@ def retrieval_metrics(
             integral, or with an index outside [0, n_images); relevance of the wrong shape or not marking a
             caption's own image; invalid ks.
     """
+    if image_retrieval_similarity is not None:
+        ir_sim = _as_similarity(image_retrieval_similarity)
+        if ir_sim.shape != _as_similarity(similarity).shape:
+            raise ValueError(
+                f"image_retrieval_similarity has shape {tuple(ir_sim.shape)}, similarity has "
+                f"{tuple(_as_similarity(similarity).shape)}"
+            )
+        text_side = retrieval_metrics(similarity, caption_to_image, relevance, ks, chunk_elements=chunk_elements)
+        image_side = retrieval_metrics(ir_sim, caption_to_image, relevance, ks, chunk_elements=chunk_elements)
+        merged = {key: (image_side if key.startswith("ir_") else text_side)[key] for key in text_side}
+        merged["r_mean"] = float(np.mean([merged[f"{d}_r{k}"] for d in ("tr", "ir") for k in _as_ks(ks)]))
+        return merged
     sim = _as_similarity(similarity)
     ks = _as_ks(ks)
     n_images, n_captions = sim.shape

@@ -40,9 +40,11 @@ Splits (`load_shapes_dataset`), all with ONE ROW PER (image, caption) PAIR, rows
                human-annotation-like split the teacher is trained on).
     test       `num_test` fresh held-out images x `test_captions_per_image` captions; the first caption of an
                image is full, the others are partial with probability `partial_caption_prob`.
+    validation `num_validation` further held-out images, built like test (model selection while fine-tuning, so
+               that the test split stays unseen).
                `retrieval_view(split)` turns it into (images, captions, caption -> image, relevance matrix).
     Columns: image (datasets.Image, PNG), image_id (int64, unique per image across the splits: train ids first,
-    then annotated, then test), caption (str), caption_index (int32, index of the caption among its image's),
+    then annotated, then test, then validation), caption (str), caption_index (int32, index of the caption among its image's),
     partial (bool, the caption was drawn as a partial one), num_objects (int32), scene (JSON str), caption_facts
     (JSON str).
 
@@ -80,7 +82,7 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"  # bump whenever generated images or captions change: it invalidates every cache
 
-SPLITS = ("train", "annotated", "test")
+SPLITS = ("train", "annotated", "test", "validation")
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -126,8 +128,10 @@ class ShapesConfig:
 
     seed: master seed; the same config gives byte-identical images and captions.
     image_size: side of the square RGB images in pixels.
-    num_train / num_annotated / num_test: number of IMAGES in each split (rows = images x captions per image).
-    captions_per_image / annotated_captions_per_image / test_captions_per_image: captions per image of each split.
+    num_train / num_annotated / num_test / num_validation: number of IMAGES in each split (rows = images x captions
+        per image).
+    captions_per_image / annotated_captions_per_image / test_captions_per_image: captions per image of each split
+        (validation uses test_captions_per_image).
     num_colors / num_shapes: how many colours (of `COLORS`) and shapes (of `SHAPES`) scenes use; fewer => more
         scenes share facts => more false negatives.
     min_objects / max_objects: number of objects per scene, uniform in [min, max].
@@ -148,6 +152,7 @@ class ShapesConfig:
     annotated_captions_per_image: int = 2
     num_test: int = 500
     test_captions_per_image: int = 3
+    num_validation: int = 300
     num_colors: int = 8
     num_shapes: int = 6
     min_objects: int = 1
@@ -177,7 +182,7 @@ class ShapesConfig:
             raise ValueError(f"max_objects must be < {len(NUMBER_WORDS)}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
-        for name in ("num_train", "num_annotated", "num_test"):
+        for name in ("num_train", "num_annotated", "num_test", "num_validation"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("captions_per_image", "annotated_captions_per_image", "test_captions_per_image"):
@@ -667,6 +672,7 @@ def _split_layout(config: ShapesConfig) -> dict[str, tuple[int, int, int]]:
         ("train", config.num_train, config.captions_per_image),
         ("annotated", config.num_annotated, config.annotated_captions_per_image),
         ("test", config.num_test, config.test_captions_per_image),
+        ("validation", config.num_validation, config.test_captions_per_image),
     ):
         layout[split] = (n, per, offset)
         offset += n
@@ -687,7 +693,7 @@ def generate_split_rows(config: ShapesConfig, split: str, num_images: int | None
         for k in range(per):
             if split == "annotated":
                 partial = False
-            elif split == "test" and k == 0:
+            elif split in ("test", "validation") and k == 0:
                 partial = False
             else:
                 partial = rng.random() < config.partial_caption_prob
