@@ -5,7 +5,9 @@ Accepted sources (`load_pairs`):
 - a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`;
 - a folder of images for `datasets`' `imagefolder` loader (captions in its `metadata.jsonl` / `metadata.csv`);
 - a `.json` / `.jsonl` / `.csv` / `.parquet` file of (image path, caption) rows; relative image paths are resolved
-  against the file's folder.
+  against the file's folder (or `image_root`);
+- a Karpathy-split JSON (`{"images": [{"filepath", "filename", "split", "sentences": [{"raw": ...}]}]}`, the COCO /
+  Flickr30K retrieval splits; `restval` counts as train, `validation` / `dev` mean `val`).
 A caption column may hold one caption or a list of captions; lists are expanded to one row per (image, caption)
 pair, and every row carries an `image_id` so that captions of one image are never each other's negatives.
 """
@@ -13,6 +15,7 @@ pair, and every row carries an `image_id` so that captions of one image are neve
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections import Counter
@@ -25,12 +28,44 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+KARPATHY_SPLIT_ALIASES = {"validation": "val", "dev": "val"}
 
 
 def _is_saved_dataset(path: str) -> bool:
     return os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json")
     )
+
+
+def is_karpathy_json(path: str) -> bool:
+    """A .json file whose top level is an object with an "images" list (the Karpathy split layout)."""
+    if not (os.path.isfile(path) and path.lower().endswith(".json")):
+        return False
+    with open(path) as handle:
+        head = handle.read(4096).lstrip()
+    return head.startswith("{") and '"images"' in head
+
+
+def read_karpathy_split(path: str, split: str, image_root: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """(image paths, captions of each image) of one split of a Karpathy-split JSON; images without captions are
+    left out (they cannot be a retrieval item or a training pair)."""
+    with open(path) as handle:
+        entries = json.load(handle)["images"]
+    wanted = KARPATHY_SPLIT_ALIASES.get(split, split)
+    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
+    images, captions = [], []
+    for entry in entries:
+        if ("train" if entry.get("split") == "restval" else entry.get("split")) != wanted:
+            continue
+        sentences = [(s["raw"] if isinstance(s, dict) else str(s)).strip() for s in entry.get("sentences", [])]
+        sentences = [s for s in sentences if s]
+        if sentences:
+            images.append(os.path.join(root, entry.get("filepath", ""), entry["filename"]))
+            captions.append(sentences)
+    if not images:
+        found = sorted({str(e.get("split")) for e in entries})
+        raise ValueError(f"{path}: no image with captions in split {wanted!r}; the file has the splits {found}")
+    return images, captions
 
 
 def load_pairs(
@@ -40,9 +75,15 @@ def load_pairs(
     image_column: str = "image",
     caption_column: str = "caption",
     streaming: bool = False,
+    image_root: str | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Load an image-caption dataset (see module docstring) as rows with `image`, `caption` and `image_id`."""
-    base_dir = None
+    """Load an image-caption dataset (see module docstring) as rows with `image`, `caption` and `image_id`.
+    `image_root`: the folder relative image paths are under (default: the data file's folder)."""
+    base_dir = image_root
+    if is_karpathy_json(source):
+        images, captions = read_karpathy_split(source, split, image_root)
+        ds = datasets.Dataset.from_dict({"image": images, "caption": captions})
+        return expand_captions(ds.to_iterable_dataset() if streaming else ds)
     if _is_saved_dataset(source):
         loaded = datasets.load_from_disk(source)
         ds = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
@@ -55,7 +96,7 @@ def load_pairs(
         if extension not in FILE_BUILDERS:
             raise ValueError(f"unsupported data file {source!r}: use one of {sorted(FILE_BUILDERS)}")
         ds = datasets.load_dataset(FILE_BUILDERS[extension], data_files=source, split="train", streaming=streaming)
-        base_dir = os.path.dirname(os.path.abspath(source))
+        base_dir = image_root or os.path.dirname(os.path.abspath(source))
     else:
         raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
 

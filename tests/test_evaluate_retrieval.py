@@ -1,0 +1,197 @@
+"""train/evaluate_retrieval.py: data loading (Karpathy JSON, pair files), ITC ranking, ITM re-ranking, several
+processes, the command line's table and JSON."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from configuration_sisc import SiscConfig
+from modeling_sisc import SiscForPreTraining, SiscModel
+from processing_sisc import build_default_processor
+from train.data import load_pairs
+from train.evaluate_retrieval import (
+    RetrievalSet,
+    encode_set,
+    evaluate_retrieval,
+    itm_rerank,
+    load_retrieval_set,
+    main,
+)
+from train.retrieval_metrics import retrieval_metrics
+
+WORKER = os.path.join(os.path.dirname(__file__), "helpers", "evaluate_retrieval_worker.py")
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 30)}
+
+
+def write_karpathy(folder, splits=("train",) * 8 + ("restval",) * 2 + ("val",) * 4 + ("test",) * 7):
+    """Coloured squares in an images/ sub-folder and a Karpathy-split JSON describing them (two captions each)."""
+    os.makedirs(folder / "images", exist_ok=True)
+    entries = []
+    for i, split in enumerate(splits):
+        name = list(COLOURS)[i % 4]
+        Image.new("RGB", (20, 20), tuple(max(0, c - 5 * i) for c in COLOURS[name])).save(folder / "images" / f"{i}.png")
+        sentences = [{"raw": f"a {name} square", "tokens": []}, {"raw": f"something {name} number {i}"}]
+        entries.append({"filepath": "images", "filename": f"{i}.png", "split": split, "sentences": sentences})
+    entries.append({"filepath": "images", "filename": "0.png", "split": "test", "sentences": []})  # no caption: left out
+    path = folder / "dataset_tiny.json"
+    path.write_text(json.dumps({"dataset": "tiny", "images": entries}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def karpathy(tmp_path_factory):
+    return write_karpathy(tmp_path_factory.mktemp("karpathy"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random tiny SISC pretraining checkpoint with its processor."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    processor = build_default_processor(image_size=16)
+    config = SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)
+    torch.manual_seed(0)
+    SiscForPreTraining(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(checkpoint):
+    from transformers import AutoProcessor
+
+    return SiscModel.from_pretrained(checkpoint).eval(), AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+
+
+def test_karpathy_json_splits(karpathy):
+    test = load_retrieval_set(str(karpathy), "test")
+    assert len(test.images) == 7 and len(test.captions) == 14  # the caption-less entry is left out
+    assert test.caption_to_image == [i // 2 for i in range(14)]
+    assert test.images[0].endswith(os.path.join("images", "14.png")) and test.relevance is None
+    assert len(load_retrieval_set(str(karpathy), "validation").images) == 4  # alias of "val"
+    train = load_pairs(str(karpathy), "train")
+    assert len(train) == 20 and len(set(train["image_id"])) == 10  # restval counts as train
+    with pytest.raises(ValueError, match="no image with captions in split 'dev2'.*'restval', 'test', 'train', 'val'"):
+        load_retrieval_set(str(karpathy), "dev2")
+
+
+def test_image_root_and_max_images(karpathy, tmp_path):
+    moved = tmp_path / "elsewhere"
+    os.rename(karpathy.parent / "images", moved)
+    try:
+        data = load_retrieval_set(str(karpathy), "test", image_root=str(tmp_path), max_images=3)
+        assert data.images[0] == os.path.join(str(tmp_path), "images", "14.png")
+        assert len(data.images) == 3 and len(data.captions) == 6
+    finally:
+        os.rename(moved, karpathy.parent / "images")
+
+
+def test_pair_file_rows_of_one_image_form_one_item(tmp_path):
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (3, 2, 1)).save(tmp_path / "b.png")
+    rows = [{"image": "a.png", "caption": ["one", "two"]}, {"image": "b.png", "caption": "three"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_retrieval_set(str(tmp_path / "pairs.jsonl"))
+    assert data.captions == ["one", "two", "three"] and data.caption_to_image == [0, 0, 1] and len(data.images) == 2
+
+
+def test_itc_metrics_equal_the_metrics_of_the_similarity_matrix(model_and_processor, karpathy):
+    model, processor = model_and_processor
+    data = load_retrieval_set(str(karpathy), "test")
+    results = evaluate_retrieval(model, processor, data, image_batch_size=3, text_batch_size=5)
+    from train.data import decode_image
+
+    with torch.no_grad():
+        inputs = processor(images=[decode_image(p) for p in data.images], text=data.captions, return_tensors="pt", padding=True)
+        image = model.get_image_features(inputs["pixel_values"])
+        text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    expected = retrieval_metrics(image @ text.t(), data.caption_to_image)
+    assert results["itc"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert results["itc"][key] == pytest.approx(value), key
+    assert results["timing"]["items_encoded_per_second"] > 0 and "itm_top16" not in results
+
+
+def test_rerank_scores_are_itm_log_odds_of_the_top_k_above_the_rest(model_and_processor, karpathy):
+    model, processor = model_and_processor
+    data = load_retrieval_set(str(karpathy), "test")
+    encoded = encode_set(model, processor, data, keep_hidden=True)
+    similarity = encoded.image_embeds @ encoded.text_embeds.t()
+    k = 4
+    by_image = itm_rerank(model, encoded, similarity, k, image_queries=True, batch_size=6)
+    by_text = itm_rerank(model, encoded, similarity, k, image_queries=False, batch_size=5)
+    from train.data import decode_image
+
+    images = [decode_image(p) for p in data.images]
+    for scores, itc, queries_are_images in ((by_image, similarity, True), (by_text, similarity.t(), False)):
+        scores = scores if queries_are_images else scores.t()
+        for q in range(itc.shape[0]):
+            top = set(itc[q].topk(k).indices.tolist())
+            rest = [c for c in range(itc.shape[1]) if c not in top]
+            assert min(scores[q, sorted(top)]) > max(scores[q, rest])  # the k candidates come first
+            # outside the top k the ITC order is kept
+            assert torch.equal(scores[q, rest].argsort(), itc[q, rest].argsort())
+            for c in top:  # the top k get the ITM log-odds of the pair, computed here from raw inputs
+                image_index, text_index = (q, c) if queries_are_images else (c, q)
+                inputs = processor(images=[images[image_index]], text=[data.captions[text_index]], return_tensors="pt",
+                                   padding="max_length", max_length=encoded.text_mask.shape[1])
+                with torch.no_grad():
+                    logits = model.get_itm_logits(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"])
+                assert scores[q, c].item() == pytest.approx((logits[0, 1] - logits[0, 0]).item(), abs=1e-4)
+
+
+def test_rerank_with_k_covering_everything_ranks_by_itm_alone(model_and_processor):
+    model, processor = model_and_processor
+    images = [Image.new("RGB", (16, 16), c) for c in COLOURS.values()]
+    data = RetrievalSet(images, [f"a {name} square" for name in COLOURS], [0, 1, 2, 3])
+    results = evaluate_retrieval(model, processor, data, rerank_k=100)  # k is capped at the number of candidates
+    assert set(results) == {"itc", "itm_top100", "timing"} and results["timing"]["rerank_seconds"] >= 0
+
+
+def run_cli(args, processes=1, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    command = [sys.executable, WORKER, *args]
+    if processes > 1:
+        # on CPU, Accelerate runs several processes under torchrun (gloo) when told to use the CPU
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *command[1:]]
+        env["ACCELERATE_USE_CPU"] = "true"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", args[-1]], check=False)  # torchrun workers, by their unique output path
+        pytest.fail(f"{processes}-process evaluation timed out")
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def test_two_processes_give_the_numbers_of_one(checkpoint, karpathy, tmp_path):
+    common = ["--model", str(checkpoint), "--data", str(karpathy), "--split", "test", "--rerank_k", "3",
+              "--image_batch_size", "2", "--text_batch_size", "3", "--itm_batch_size", "4", "--output_json"]
+    stdout = run_cli([*common, str(tmp_path / "one.json")])
+    assert "itm_top3" in stdout and "tr_r1" in stdout and "results written to" in stdout
+    run_cli([*common, str(tmp_path / "two.json")], processes=2)
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert one["num_processes"] == 1 and two["num_processes"] == 2
+    assert one["num_images"] == two["num_images"] == 7
+    for mode in ("itc", "itm_top3"):
+        assert one["results"][mode] == pytest.approx(two["results"][mode]), mode
+
+
+def test_cli_in_process_writes_json_and_table(checkpoint, karpathy, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    summary = main(["--model", str(checkpoint), "--data", str(karpathy), "--rerank_k", "0", "--output_json", str(out)])
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    saved = json.loads(out.read_text())
+    assert saved["results"]["itc"] == pytest.approx(summary["results"]["itc"])
+    assert set(saved["results"]) == {"itc", "timing"}
+    printed = capsys.readouterr().out
+    assert "dataset_tiny.json (test): 7 images, 14 captions" in printed and "r_mean" in printed
