@@ -741,6 +741,133 @@ class SiscModel(SiscPreTrainedModel):
         return_dict = return_dict if return_dict is not None else True
         return output if return_dict else output.to_tuple()
 
+    # ---- zero-shot retrieval for notebooks: ranked, plain-Python results ----
+    @staticmethod
+    def _check_ranking_args(candidates, kind: str, top_k: int | None, batch_size: int) -> list:
+        """The candidates as a list; ValueError for arguments that would otherwise fail deep inside the encoders."""
+        if not isinstance(candidates, (list, tuple)):
+            raise ValueError(f"pass the candidate {kind} as a list or tuple, got {type(candidates).__name__}")
+        if len(candidates) == 0:
+            raise ValueError(f"the list of candidate {kind} is empty: pass at least one")
+
+        def is_positive_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        if top_k is not None and not is_positive_int(top_k):
+            raise ValueError(f"top_k must be a positive integer or None (all candidates), got {top_k!r}")
+        if not is_positive_int(batch_size):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return list(candidates)
+
+    @staticmethod
+    def _check_query_text(text, what: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{what} must be a non-empty string, got {text!r}")
+
+    @staticmethod
+    def _load_image(image):
+        """A file path (str / os.PathLike) opened with PIL; anything else is passed to the processor as it is."""
+        import os
+
+        if isinstance(image, (str, os.PathLike)):
+            from PIL import Image
+
+            with Image.open(image) as opened:
+                return opened.copy()  # loads the pixels, so the file is closed on return
+        return image
+
+    def _image_embeddings(self, images: list, processor, batch_size: int) -> torch.Tensor:
+        """(n, embed_dim) float32 embeddings, encoded `batch_size` images at a time (paths are opened per batch)."""
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = [self._load_image(image) for image in images[start : start + batch_size]]
+            pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"]
+            pixel_values = pixel_values.to(device=self.device, dtype=self.visual_projection.weight.dtype)
+            chunks.append(self.get_image_features(pixel_values).float())
+        return torch.cat(chunks)
+
+    def _text_embeddings(self, texts: list[str], processor, batch_size: int) -> torch.Tensor:
+        """(n, embed_dim) float32 embeddings, encoded `batch_size` captions at a time."""
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            encoded = processor(text=texts[start : start + batch_size], return_tensors="pt")
+            chunks.append(
+                self.get_text_features(
+                    encoded["input_ids"].to(self.device),
+                    attention_mask=encoded["attention_mask"].to(self.device),
+                    token_type_ids=encoded["token_type_ids"].to(self.device) if "token_type_ids" in encoded else None,
+                ).float()
+            )
+        return torch.cat(chunks)
+
+    def _ranked(self, scores: torch.Tensor, candidates: list, item_key: str, top_k: int | None) -> list[dict]:
+        # Probabilities are over all candidates (the model's temperature), whatever top_k keeps.
+        probabilities = (self.logit_scale_value().float() * scores).softmax(dim=0)
+        order = scores.argsort(descending=True, stable=True)[:top_k].tolist()
+        return [
+            {
+                "index": i,
+                "score": scores[i].item(),
+                "probability": probabilities[i].item(),
+                item_key: candidates[i],
+            }
+            for i in order
+        ]
+
+    @torch.inference_mode()
+    def rank_images(self, text: str, images, processor, top_k: int | None = None, batch_size: int = 64) -> list[dict]:
+        """Rank candidate images for one caption by cosine similarity of their embeddings (text -> image retrieval).
+
+        Args:
+            text: the query caption.
+            images: a list of PIL images, HWC numpy arrays, or image file paths (opened a batch at a time).
+            processor: the model's `SiscProcessor` (e.g. from `AutoProcessor.from_pretrained`).
+            top_k: how many of the best images to return (default: all).
+            batch_size: images encoded per forward pass.
+
+        Returns:
+            Best first, dicts with "index" (position in `images`), "score" (cosine similarity), "probability"
+            (softmax over all candidates at the model's temperature) and "image" (the candidate as passed).
+        """
+        self._check_query_text(text, "the query text")
+        images = self._check_ranking_args(images, "images", top_k, batch_size)
+        was_training = self.training
+        self.eval()  # no dropout: the same inputs always rank the same way
+        try:
+            query = self._text_embeddings([text], processor, 1)
+            scores = (self._image_embeddings(images, processor, batch_size) @ query[0]).cpu()
+            return self._ranked(scores, images, "image", top_k)
+        finally:
+            self.train(was_training)
+
+    @torch.inference_mode()
+    def rank_texts(
+        self, image, texts: list[str], processor, top_k: int | None = None, batch_size: int = 256
+    ) -> list[dict]:
+        """Rank candidate captions for one image by cosine similarity of their embeddings (image -> text retrieval).
+
+        Args:
+            image: the query image: a PIL image, an HWC numpy array or an image file path.
+            texts: the candidate captions (non-empty strings).
+            processor, top_k, batch_size: as in `rank_images` (batch_size counts captions).
+
+        Returns:
+            Best first, dicts with "index" (position in `texts`), "score", "probability" and "text" (the caption).
+        """
+        texts = self._check_ranking_args(texts, "texts", top_k, batch_size)
+        for index, caption in enumerate(texts):
+            self._check_query_text(caption, f"caption {index}")
+        if image is None or isinstance(image, (list, tuple)):
+            raise ValueError(f"pass one query image (PIL image, array or path), got {type(image).__name__}")
+        was_training = self.training
+        self.eval()
+        try:
+            query = self._image_embeddings([image], processor, 1)
+            scores = (self._text_embeddings(texts, processor, batch_size) @ query[0]).cpu()
+            return self._ranked(scores, texts, "text", top_k)
+        finally:
+            self.train(was_training)
+
 
 class SiscMomentumEncoder(nn.Module):
     """ALBEF's momentum (EMA) copy of the unimodal towers and projections, with queues of its past features.
