@@ -24,24 +24,9 @@ from train.evaluate_retrieval import (
     main,
 )
 from train.retrieval_metrics import retrieval_metrics
+from tests.helpers.tiny_data import COLOURS, write_karpathy
 
 WORKER = os.path.join(os.path.dirname(__file__), "helpers", "evaluate_retrieval_worker.py")
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 30)}
-
-
-def write_karpathy(folder, splits=("train",) * 8 + ("restval",) * 2 + ("val",) * 4 + ("test",) * 7):
-    """Coloured squares in an images/ sub-folder and a Karpathy-split JSON describing them (two captions each)."""
-    os.makedirs(folder / "images", exist_ok=True)
-    entries = []
-    for i, split in enumerate(splits):
-        name = list(COLOURS)[i % 4]
-        Image.new("RGB", (20, 20), tuple(max(0, c - 5 * i) for c in COLOURS[name])).save(folder / "images" / f"{i}.png")
-        sentences = [{"raw": f"a {name} square", "tokens": []}, {"raw": f"something {name} number {i}"}]
-        entries.append({"filepath": "images", "filename": f"{i}.png", "split": split, "sentences": sentences})
-    entries.append({"filepath": "images", "filename": "0.png", "split": "test", "sentences": []})  # no caption: left out
-    path = folder / "dataset_tiny.json"
-    path.write_text(json.dumps({"dataset": "tiny", "images": entries}))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -292,3 +292,46 @@ def test_module_runs_as_script(ckpt):
                           check=False, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:len(EXPECTED)] == EXPECTED
+
+
+# ---- the trainers' --push_to_hub -------------------------------------------------------------------------------
+
+
+def tiny_pretrain(tmp_path, *extra):
+    from tests.helpers.tiny_data import write_karpathy
+    from train import pretrain
+
+    data = write_karpathy(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["--dataset", str(data), "--output_dir", str(out), "--image_size", "16", "--hidden_size", "32",
+            "--per_device_batch_size", "4", "--num_workers", "0", "--report_to", "none", "--max_steps", "2",
+            "--eval_split", "test", "--warmup_steps", "1", *extra]
+    return out, lambda: pretrain.main(args)
+
+
+def test_trainer_pushes_the_saved_checkpoint(tmp_path):
+    hub = FakeHub()
+    install(hub)
+    out, train = tiny_pretrain(tmp_path, "--push_to_hub", REPO)
+    train()
+    assert hub.unexpected == [] and len(hub.commits) == 1
+    uploaded = sorted(hub.commits[0]["files"])
+    assert uploaded == files_to_push(out)
+    assert {"README.md", "config.json", "model.safetensors", "results.json", "processor_config.json",
+            "configuration_sisc.py", "modeling_sisc.py", "processing_sisc.py"} <= set(uploaded)
+    assert not any(name.startswith(("checkpoints/", "logs/")) for name in uploaded)
+    assert hub.commits[0]["files"]["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert REPO in hub.commits[0]["files"]["README.md"].decode()  # the card's usage snippet names the Hub repo
+
+
+def test_trainer_without_token_saves_first_then_fails_clearly(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("HF_TOKEN")
+    hub = FakeHub()
+    install(hub)
+    out, train = tiny_pretrain(tmp_path, "--push_to_hub", REPO)
+    with pytest.raises(HubPushError, match="token") as error:
+        train()
+    assert str(out.resolve()) in str(error.value) and hub.requests == []
+    for name in ("model.safetensors", "config.json", "README.md", "results.json"):
+        assert (out / name).is_file(), name  # nothing lost
+    assert "no Hugging Face token found" in caplog.text  # warned at the start, not only at the end

@@ -298,7 +298,7 @@ def test_mask_tokens_skips_special_tokens_and_padding(pretraining_model):
 
 def test_explicit_mlm_inputs_are_used(pretraining_model):
     batch = pairs(3)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids = batch["input_ids"]
     mlm_input_ids = ids.clone()
     mlm_labels = torch.full_like(ids, -100)
     mlm_input_ids[:, 1] = MASK

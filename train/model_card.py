@@ -29,7 +29,6 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
 TAGS = ["sisc", "vision-language", "contrastive-learning", "image-text-retrieval"]
 EVAL_TASK_TYPE = "image-text-retrieval"
-EVAL_TASK_NAME = "Zero-shot image-text retrieval"
 SYNTHETIC_DATASETS = ("shapes",)  # the embedded test dataset of this repo
 
 # Keys of train.retrieval_metrics that are counts of skipped queries, not scores: shown as notes, not as results.
@@ -215,7 +214,9 @@ def _loss_rows(config: Mapping[str, Any], teacher: str | None) -> tuple[str, lis
     return label, rows, note
 
 
-def _eval_results(metrics: Mapping[str, Any], dataset_type: str, dataset_name: str, split: str) -> list[EvalResult]:
+def _eval_results(
+    metrics: Mapping[str, Any], dataset_type: str, dataset_name: str, split: str, task_name: str, key_prefix: str = ""
+) -> list[EvalResult]:
     results = []
     for key in sorted(metrics, key=_metric_sort_key):
         value = metrics[key]
@@ -224,16 +225,24 @@ def _eval_results(metrics: Mapping[str, Any], dataset_type: str, dataset_name: s
         results.append(
             EvalResult(
                 task_type=EVAL_TASK_TYPE,
-                task_name=EVAL_TASK_NAME,
+                task_name=task_name,
                 dataset_type=dataset_type,
                 dataset_name=dataset_name,
                 dataset_split=split,
-                metric_type=key,
+                metric_type=key_prefix + key,
                 metric_name=metric_display_name(key),
                 metric_value=round(float(value), 4),
             )
         )
     return results
+
+
+def _result_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    return [
+        (metric_display_name(key), key, f"{value:.2f}" if math.isfinite(value) else "n/a (no query to score)")
+        for key in sorted(metrics, key=_metric_sort_key)
+        if key not in COUNT_KEYS and _is_number(value := metrics[key])
+    ]
 
 
 def render_model_card(
@@ -250,6 +259,9 @@ def render_model_card(
     base_model: str | None = None,
     teacher: str | None = None,
     eval_split: str = "test",
+    rerank_metrics: Mapping[str, float] | None = None,
+    rerank_k: int | None = None,
+    fine_tuned_for: str | None = None,
     repo_id: str | None = None,
     template_path: str | os.PathLike | None = None,
 ) -> ModelCard:
@@ -269,6 +281,11 @@ def render_model_card(
         base_model: checkpoint the training started from; it goes into the metadata only when it is a Hub id.
         teacher: the frozen teacher's name or path, None when no teacher was used.
         eval_split: the split the metrics were computed on.
+        rerank_metrics: the same metrics after ITM re-ranking of each query's top `rerank_k` ITC candidates
+            (`train/evaluate_retrieval.py`); a second results table and model-index entries whose metric types
+            are prefixed `itm_top{k}_`.
+        fine_tuned_for: the downstream task the model was fine-tuned for (e.g. "image-text retrieval"); None for
+            a pretrained model, whose results are zero-shot.
         repo_id: the path shown in the usage snippet (default: `model_name`).
         template_path: another Jinja template (default: `model_cards/template.md`).
     """
@@ -280,6 +297,16 @@ def render_model_card(
     dataset_type = dataset_label if _looks_like_hub_id(dataset_label) else Path(dataset_label).name or dataset_label
     synthetic = dataset_label.lower() in SYNTHETIC_DATASETS
 
+    setting = "after fine-tuning" if fine_tuned_for else "zero-shot"
+    eval_results = _eval_results(metrics, dataset_type, dataset_label, eval_split, f"Image-text retrieval ({setting}, ITC)")
+    if rerank_metrics:
+        if not rerank_k:
+            raise ValueError("rerank_metrics need the rerank_k they were computed with")
+        eval_results += _eval_results(
+            rerank_metrics, dataset_type, dataset_label, eval_split,
+            f"Image-text retrieval ({setting}, ITM re-ranking of the top {rerank_k})", f"itm_top{rerank_k}_",
+        )
+
     card_data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",
@@ -288,15 +315,11 @@ def render_model_card(
         datasets=[dataset_label] if _looks_like_hub_id(dataset_label) else None,
         base_model=base_model if _looks_like_hub_id(base_model) else None,
         model_name=model_name,
-        eval_results=_eval_results(metrics, dataset_type, dataset_label, eval_split) or None,
+        eval_results=eval_results or None,
     )
 
     contrastive_label, loss_rows, regulation_note = _loss_rows(config, teacher)
-    result_rows = [
-        (metric_display_name(key), key, f"{value:.2f}" if math.isfinite(value) else "n/a (no query to score)")
-        for key in sorted(metrics, key=_metric_sort_key)
-        if key not in COUNT_KEYS and _is_number(value := metrics[key])
-    ]
+    result_rows = _result_rows(metrics)
     result_notes = [
         f"`{key}` = {metrics[key]}: {COUNT_KEYS[key]}" for key in COUNT_KEYS if _is_number(metrics.get(key)) and metrics[key]
     ]
@@ -317,6 +340,9 @@ def render_model_card(
         regulation_note=regulation_note,
         hyperparameter_rows=[(f"`{name}`", _format_value(value)) for name, value in (hyperparameters or {}).items()],
         result_rows=result_rows,
+        rerank_rows=_result_rows(rerank_metrics or {}),
+        rerank_k=rerank_k,
+        fine_tuned_for=fine_tuned_for,
         result_notes=result_notes,
         eval_split=eval_split,
         usage_path=json.dumps(str(repo_id or model_name), ensure_ascii=False),  # a valid Python string literal

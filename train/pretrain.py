@@ -15,6 +15,7 @@ Train a teacher with plain InfoNCE on the clean split, then the student with it:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -37,6 +38,7 @@ from modeling_sisc import SiscForPreTraining, SiscModel  # noqa: E402
 from processing_sisc import build_default_processor  # noqa: E402
 from train.data import PairCollator, SkipCounter, load_pairs, pop_bookkeeping  # noqa: E402
 
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +60,9 @@ class ModelArguments:
     teacher_cache: str | None = field(
         default=None, metadata={"help": "Precomputed teacher embeddings (train/cache_teacher.py) instead of running it."}
     )
+    mlm_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the MLM loss (0 switches it off; default: the config's)."}
+    )
     image_size: int = field(default=64, metadata={"help": "Image size of the small default model."})
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of the small default model."})
     max_length: int = field(default=32, metadata={"help": "Maximum caption length in tokens."})
@@ -70,7 +75,11 @@ class DataArguments:
         metadata={"help": "'shapes' (embedded dataset), a saved dataset folder, an imagefolder, or a json/jsonl/csv/parquet file."},
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on ('annotated' = the clean split)."})
-    eval_split: str | None = field(default="test", metadata={"help": "Held-out split for zero-shot retrieval (shapes)."})
+    eval_split: str | None = field(default="test", metadata={"help": "Held-out split evaluated at the end ('' = none)."})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Split evaluated after every epoch; the best epoch's model is kept (--metric_for_best_model)."}
+    )
+    image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths are under."})
     shapes_preset: str = field(default="default", metadata={"help": "Shapes dataset preset: 'default', 'low' or 'high'."})
     shapes_num_train: int | None = field(default=None, metadata={"help": "Override the number of shapes training images."})
     data_cache_dir: str = field(default="data_cache/shapes", metadata={"help": "Where the shapes dataset is cached."})
@@ -101,11 +110,17 @@ class PretrainArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
     report_to: str = field(default="auto", metadata={"help": "Accelerate trackers: 'auto' (tensorboard if installed), 'none', ..."})
     eval_batch_size: int = 128
+    metric_for_best_model: str = field(default="r_mean", metadata={"help": "Validation metric (higher is better) that picks the kept model."})
+    rerank_k: int = field(default=0, metadata={"help": "Final evaluation also with ITM re-ranking of the top k (0: ITC only)."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the final checkpoint to."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
 
-def parse_args(argv=None):
-    """HfArgumentParser dataclasses; `--config FILE` (YAML or JSON) gives defaults that flags override."""
+def parse_args(argv=None, defaults: dict | None = None):
+    """HfArgumentParser dataclasses; `defaults` (a trainer's own) < `--config FILE` (YAML or JSON) < flags."""
     parser = HfArgumentParser((ModelArguments, DataArguments, PretrainArguments))
+    if defaults:
+        parser.set_defaults(**defaults)
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv:
         index = argv.index("--config")
@@ -137,6 +152,8 @@ def build_model(model_args: ModelArguments, processor, total_steps: int) -> Sisc
         alpha_steps=model_args.alpha_steps if model_args.alpha_steps is not None else total_steps,
         alpha_schedule=model_args.alpha_schedule,
     )
+    if model_args.mlm_loss_weight is not None:
+        regulation["mlm_loss_weight"] = model_args.mlm_loss_weight
     if model_args.model_name_or_path:
         return SiscForPreTraining.from_pretrained(model_args.model_name_or_path, **regulation)
     tokenizer = processor.tokenizer
@@ -153,25 +170,28 @@ def build_model(model_args: ModelArguments, processor, total_steps: int) -> Sisc
     return SiscForPreTraining(config)
 
 
-def load_data(data_args: DataArguments):
-    """(train rows, eval split or None, dataset description) for the chosen source."""
-    if data_args.dataset == "shapes":
-        from train.shapes_dataset import ShapesConfig, load_shapes_dataset
+def shapes_config_from_args(data_args: DataArguments):
+    from train.shapes_dataset import ShapesConfig
 
-        presets = {
-            "default": ShapesConfig,
-            "low": ShapesConfig.low_false_negatives,
-            "high": ShapesConfig.high_false_negatives,
-        }
-        if data_args.shapes_preset not in presets:
-            raise ValueError(f"--shapes_preset must be one of {sorted(presets)}, got {data_args.shapes_preset!r}")
-        shapes_config = presets[data_args.shapes_preset]()
-        if data_args.shapes_num_train is not None:
-            shapes_config.num_train = data_args.shapes_num_train
-        splits = load_shapes_dataset(shapes_config, cache_dir=data_args.data_cache_dir)
+    overrides = {} if data_args.shapes_num_train is None else {"num_train": data_args.shapes_num_train}
+    return ShapesConfig.preset(data_args.shapes_preset, **overrides)
+
+
+def load_data(data_args: DataArguments):
+    """(train rows, {split name: RetrievalSet} of the validation / eval splits, dataset description)."""
+    from train.evaluate_retrieval import load_retrieval_set, shapes_retrieval_set
+
+    eval_names = [name for name in (data_args.validation_split, data_args.eval_split) if name]
+    if data_args.dataset == "shapes":
+        from train.shapes_dataset import load_shapes_dataset
+
+        splits = load_shapes_dataset(shapes_config_from_args(data_args), cache_dir=data_args.data_cache_dir)
         description = f"embedded shapes dataset, preset '{data_args.shapes_preset}'"
+        for name in [data_args.train_split, *eval_names]:
+            if name not in splits:
+                raise ValueError(f"the shapes dataset has no split {name!r}; it has {sorted(splits)}")
         train = load_pairs_from_split(splits[data_args.train_split], data_args.streaming)
-        evaluation = splits[data_args.eval_split] if data_args.eval_split else None
+        evaluation = {name: shapes_retrieval_set(splits[name], f"{description} ({name})") for name in eval_names}
         return train, evaluation, description
     train = load_pairs(
         data_args.dataset,
@@ -179,8 +199,16 @@ def load_data(data_args: DataArguments):
         image_column=data_args.image_column,
         caption_column=data_args.caption_column,
         streaming=data_args.streaming,
+        image_root=data_args.image_root,
     )
-    return train, None, f"{data_args.dataset} ({data_args.train_split})"
+    evaluation = {
+        name: load_retrieval_set(
+            data_args.dataset, name, image_root=data_args.image_root, image_column=data_args.image_column,
+            caption_column=data_args.caption_column,
+        )
+        for name in eval_names
+    }
+    return train, evaluation, f"{data_args.dataset} ({data_args.train_split})"
 
 
 def load_pairs_from_split(split, streaming: bool):
@@ -279,9 +307,10 @@ def find_checkpoint(output_dir: str, resume: str) -> str:
     return os.path.join(folder, steps[-1][1])
 
 
-def main(argv=None) -> dict:
+def main(argv=None, defaults: dict | None = None, fine_tuned_for: str | None = None) -> dict:
+    """Parse the arguments and train. `defaults` and `fine_tuned_for` let a fine-tuning script reuse this trainer."""
     try:
-        return run(*parse_args(argv))
+        return run(*parse_args(argv, defaults), fine_tuned_for=fine_tuned_for)
     finally:
         # Accelerate's process state is a singleton: reset it so that main() can run again in this process with
         # other settings (tests, benchmarks comparing objectives).
@@ -291,7 +320,8 @@ def main(argv=None) -> dict:
         GradientState._reset_state()
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArguments) -> dict:
+def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArguments, fine_tuned_for: str | None = None) -> dict:
+    job = "finetune" if fine_tuned_for else "pretrain"
     log_with = None
     if args.report_to == "auto":
         try:
@@ -312,6 +342,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
     )
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
+    if args.push_to_hub and accelerator.is_main_process:
+        from train.hub import check_hub_token
+
+        if check_hub_token() is None:
+            logger.warning(
+                "--push_to_hub %s: no Hugging Face token found (run `hf auth login` or set HF_TOKEN); the push at the "
+                "end will fail, after the checkpoint is saved locally", args.push_to_hub,
+            )
 
     processor = (
         AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
@@ -319,7 +357,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         else build_default_processor(image_size=model_args.image_size, max_length=model_args.max_length)
     )
     with accelerator.main_process_first():
-        train_rows, eval_split, data_description = load_data(data_args)
+        train_rows, eval_sets, data_description = load_data(data_args)
+    if data_args.validation_split:
+        check_metric_name(args.metric_for_best_model, eval_sets[data_args.validation_split])
 
     teacher = None
     if model_args.teacher:
@@ -376,15 +416,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
 
     if accelerator.is_main_process:
         tracker_config = {**asdict(model_args), **asdict(data_args), **asdict(args)}
-        accelerator.init_trackers("sisc-pretrain", {k: v for k, v in tracker_config.items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(f"sisc-{job}", {k: v for k, v in tracker_config.items() if isinstance(v, (int, float, str, bool))})
     config = accelerator.unwrap_model(model).config
     skips = SkipCounter(max_bad_fraction=data_args.max_bad_fraction)
-    progress = tqdm(total=total_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="pretrain")
+    progress = tqdm(total=total_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc=job)
     plots_dir = os.path.join(args.output_dir, "diagnostics")
     last_logs: dict[str, float] = {}
     history: list[dict] = []
     started = time.time()
     epoch = start_epoch
+    validation = Validation(args, data_args, eval_sets, processor, accelerator)
     model.train()
     while global_step < total_steps:
         if hasattr(loader, "set_epoch"):
@@ -457,6 +498,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
             epoch += 1
             skips.check()
             accelerator.print(f"epoch {epoch}: {skips.report()}")
+            validation.run(accelerator.unwrap_model(model), epochs_done(global_step, steps_per_epoch, epoch), global_step)
             continue
         break
     progress.close()
@@ -465,16 +507,30 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    metrics = {}
-    if eval_split is not None:
-        from train.evaluate_zero_shot import evaluate_shapes_split
+    # no-op when this step was just validated
+    validation.run(unwrapped, epochs_done(global_step, steps_per_epoch, epoch), global_step)
+    validation.restore_best(unwrapped)
+    metrics, rerank_metrics, eval_timing = {}, None, None
+    if data_args.eval_split:
+        from train.evaluate_retrieval import evaluate_retrieval
 
-        metrics = evaluate_shapes_split(unwrapped.sisc, processor, eval_split, accelerator, args.eval_batch_size)
+        results = evaluate_retrieval(
+            unwrapped.sisc, processor, eval_sets[data_args.eval_split], rerank_k=args.rerank_k,
+            image_batch_size=args.eval_batch_size, accelerator=accelerator,
+        )
+        metrics, rerank_metrics, eval_timing = results["itc"], results.get(f"itm_top{args.rerank_k}"), results["timing"]
     if accelerator.is_main_process:
         unwrapped.save_pretrained(args.output_dir)
         processor.save_pretrained(args.output_dir)
         summary = {
             "metrics": metrics,
+            "rerank_k": args.rerank_k or None,
+            "rerank_metrics": rerank_metrics,
+            "eval_split": data_args.eval_split or None,
+            "eval_timing": eval_timing,
+            "validation_split": data_args.validation_split,
+            "best_model": validation.best if data_args.validation_split else None,
+            "validation_history": validation.history,
             "train_seconds": round(train_seconds, 1),
             "global_step": global_step,
             "skipped_samples": skips.skipped,
@@ -484,10 +540,24 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         }
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        write_card(args, model_args, data_args, unwrapped.config, metrics, data_description, len_or_none(train_rows))
-        print_summary(metrics, args.output_dir, train_seconds, skips)
+        write_card(
+            args, model_args, data_args, unwrapped.config, metrics, data_description, len_or_none(train_rows),
+            rerank_metrics=rerank_metrics, fine_tuned_for=fine_tuned_for,
+        )
+        print_summary(metrics, rerank_metrics, args, train_seconds, skips, validation)
     accelerator.end_training()
-    return {"metrics": metrics, "global_step": global_step}
+    if args.push_to_hub and accelerator.is_main_process:
+        from train.hub import push_checkpoint
+
+        # after the local save: a failed push (no token, no network) loses nothing and says how to retry
+        url = push_checkpoint(args.output_dir, args.push_to_hub, private=args.hub_private)
+        print(f"pushed to {url}")
+    return {"metrics": metrics, "rerank_metrics": rerank_metrics, "global_step": global_step, "best_model": validation.best}
+
+
+def epochs_done(global_step: int, steps_per_epoch: int | None, epoch: int) -> float:
+    """Epochs completed so far (fractional when training stopped mid-epoch; the epoch count for streams)."""
+    return round(global_step / steps_per_epoch, 2) if steps_per_epoch else epoch
 
 
 def len_or_none(rows):
@@ -505,7 +575,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, global_step: int)
             json.dump({"global_step": global_step}, f)
 
 
-def write_card(args, model_args, data_args, config, metrics, data_description, num_pairs) -> None:
+def write_card(args, model_args, data_args, config, metrics, data_description, num_pairs, *, rerank_metrics=None, fine_tuned_for=None) -> None:
     from train.model_card import render_model_card
 
     hyperparameters = {
@@ -519,6 +589,8 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         "mixed_precision": args.mixed_precision,
         "seed": args.seed,
     }
+    if data_args.validation_split:
+        hyperparameters["model_selection"] = f"best {args.metric_for_best_model} on the {data_args.validation_split} split"
     render_model_card(
         args.output_dir,
         model_config=config.to_dict(),
@@ -530,16 +602,74 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         base_model=model_args.model_name_or_path,
         teacher=model_args.teacher or model_args.teacher_cache,
         eval_split=data_args.eval_split or "none",
+        rerank_metrics=rerank_metrics,
+        rerank_k=args.rerank_k or None,
+        fine_tuned_for=fine_tuned_for,
+        repo_id=args.push_to_hub,
     )
 
 
-def print_summary(metrics: dict, output_dir: str, seconds: float, skips: SkipCounter) -> None:
+def print_summary(metrics, rerank_metrics, args, seconds: float, skips: SkipCounter, validation: "Validation") -> None:
     print(f"\ntrained in {seconds:.0f} s; {skips.report()}")
+    if validation.best["step"] is not None:
+        best = validation.best
+        print(f"kept the model of epoch {best['epoch']:g} (step {best['step']}): {best['metric']} = {best['value']:.2f}")
     if metrics:
-        print("zero-shot retrieval on the held-out split:")
-        for key, value in metrics.items():
-            print(f"  {key:>20s}: {value:7.2f}")
-    print(f"checkpoint saved to {output_dir}")
+        from train.evaluate_retrieval import format_table
+
+        modes = {"itc": metrics, **({f"itm_top{args.rerank_k}": rerank_metrics} if rerank_metrics else {})}
+        print("retrieval on the held-out split:")
+        print(format_table(modes))
+    print(f"checkpoint saved to {args.output_dir}")
+
+
+def check_metric_name(name: str, data) -> None:
+    """Fail before training, not after it, when --metric_for_best_model is not a metric of this data."""
+    from train.retrieval_metrics import retrieval_metrics
+
+    relevance = None if data.relevance is None else [[True, False], [False, True]]
+    known = retrieval_metrics([[1.0, 0.0], [0.0, 1.0]], [0, 1], relevance)
+    if name not in known:
+        raise ValueError(f"--metric_for_best_model {name!r} is not a retrieval metric of this data; choose one of {sorted(known)}")
+
+
+class Validation:
+    """Retrieval on the validation split after each epoch; the best model so far is saved under
+    `<output_dir>/checkpoints/best` and restored at the end of training. Does nothing without a validation split."""
+
+    def __init__(self, args: PretrainArguments, data_args: DataArguments, eval_sets: dict, processor, accelerator):
+        self.data = eval_sets.get(data_args.validation_split) if data_args.validation_split else None
+        self.metric = args.metric_for_best_model
+        self.batch_size = args.eval_batch_size
+        self.processor, self.accelerator = processor, accelerator
+        self.folder = os.path.join(args.output_dir, "checkpoints", "best")
+        self.best = {"metric": self.metric, "value": None, "epoch": None, "step": None}
+        self.history: list[dict] = []
+
+    def run(self, model: SiscForPreTraining, epoch: int, step: int) -> None:
+        if self.data is None or (self.history and self.history[-1]["step"] == step):
+            return
+        from train.evaluate_retrieval import evaluate_retrieval
+
+        metrics = evaluate_retrieval(model.sisc, self.processor, self.data, image_batch_size=self.batch_size, accelerator=self.accelerator)["itc"]
+        value = metrics[self.metric]
+        self.history.append({"epoch": epoch, "step": step, **metrics})
+        self.accelerator.log({f"validation/{key}": v for key, v in metrics.items()}, step=step)
+        improved = self.best["value"] is None or value > self.best["value"]  # NaN never improves
+        self.accelerator.print(f"validation after epoch {epoch:g} (step {step}): {self.metric} = {value:.2f}" + (" (best so far)" if improved else ""))
+        if improved:
+            self.best.update(value=value, epoch=epoch, step=step)
+            if self.accelerator.is_main_process:
+                model.save_pretrained(self.folder)
+            self.accelerator.wait_for_everyone()
+
+    def restore_best(self, model: SiscForPreTraining) -> None:
+        """Load the kept weights back into `model` (on every process)."""
+        if self.best["step"] is None or self.history[-1]["step"] == self.best["step"]:
+            return  # the current weights are the best ones
+        best = type(model).from_pretrained(self.folder)
+        model.load_state_dict(best.state_dict())
+        self.accelerator.print(f"restored the best model (epoch {self.best['epoch']:g}, step {self.best['step']})")
 
 
 if __name__ == "__main__":
