@@ -180,3 +180,14 @@ def test_cli_in_process_writes_json_and_table(checkpoint, karpathy, tmp_path, ca
     assert set(saved["results"]) == {"itc", "timing"}
     printed = capsys.readouterr().out
     assert "dataset_tiny.json (test): 7 images, 14 captions" in printed and "r_mean" in printed
+
+
+def test_eval_speed_benchmark_runs(checkpoint, karpathy, tmp_path, capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import eval_speed
+
+    result = eval_speed.main(["--model", str(checkpoint), "--data", str(karpathy), "--rerank_k", "2", "4",
+                              "--rounds", "1", "--output", str(tmp_path / "speed.json")])
+    assert set(result["rerank_cost_ratio"]) == {2, 4} and result["throughput"]["items_per_second"] > 0
+    assert "with ITM re-ranking of the top 4" in capsys.readouterr().out
+    assert json.loads((tmp_path / "speed.json").read_text())["num_images"] == 7
