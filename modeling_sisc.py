@@ -651,8 +651,13 @@ class SiscModel(SiscPreTrainedModel):
         teacher_similarity: torch.Tensor | None = None,
         alpha: float | None = None,
         image_ids: torch.Tensor | None = None,
+        false_negative_mask: torch.Tensor | None = None,
     ):
-        """Regulated ITC over the (global, when distributed) batch. Returns (loss, weights_t2i, weights_i2t)."""
+        """Regulated ITC over the (global, when distributed) batch. Returns (loss, weights_t2i, weights_i2t).
+
+        `false_negative_mask` (global text x image, bool): pairs known to match although they are not the pair (the
+        ground truth of a synthetic dataset), never used as negatives: the "oracle" upper bound of knowing the
+        false negatives, for benchmarks."""
         if image_embeds.shape[0] != text_embeds.shape[0]:
             raise ValueError(
                 f"the contrastive loss needs aligned pairs: got {image_embeds.shape[0]} images and "
@@ -678,6 +683,15 @@ class SiscModel(SiscPreTrainedModel):
         if image_ids is not None:
             ids = gather(image_ids)
             ignore_mask = same_id_mask(ids, ids)
+        if false_negative_mask is not None:
+            if false_negative_mask.shape != (text_embeds.shape[0], image_embeds.shape[0]):
+                raise ValueError(
+                    f"false_negative_mask has shape {tuple(false_negative_mask.shape)}, the global batch is "
+                    f"{text_embeds.shape[0]} texts x {image_embeds.shape[0]} images"
+                )
+            known = false_negative_mask.to(text_embeds.device, torch.bool)
+            known = known & ~torch.eye(known.shape[0], dtype=torch.bool, device=known.device)  # positives stay
+            ignore_mask = known if ignore_mask is None else ignore_mask | known
         student_cos = text_embeds @ image_embeds.t()
         weights_t2i, weights_i2t = self.compute_regulation_weights(student_cos.detach(), teacher_cos, alpha, ignore_mask)
         loss = regulated_contrastive_loss(self.logit_scale_value() * student_cos, weights_t2i, weights_i2t)
@@ -1076,6 +1090,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
         image_ids: torch.LongTensor | None = None,
         mlm_input_ids: torch.LongTensor | None = None,
         mlm_labels: torch.LongTensor | None = None,
+        false_negative_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
         **kwargs,
@@ -1084,6 +1099,11 @@ class SiscForPreTraining(SiscPreTrainedModel):
         Same inputs as `SiscModel.forward` (pair i = image i, caption i), plus:
             mlm_input_ids / mlm_labels: already-masked captions and their labels (-100 = not predicted), e.g. from
                 `DataCollatorForLanguageModeling`; when absent the captions are masked here (`mask_tokens`).
+            false_negative_mask: (batch, batch) bool, text x image pairs known to match (dataset ground truth): not
+                used as contrastive or ITM negatives (the oracle baseline of the false-negative benchmark).
+
+        A loss whose weight in the config is 0 (`itm_loss_weight`, `mlm_loss_weight`) is not computed at all: it is
+        returned as 0 and its logits as None.
         """
         sisc = self.sisc
         if input_ids is None or pixel_values is None:
@@ -1103,6 +1123,8 @@ class SiscForPreTraining(SiscPreTrainedModel):
         if self.momentum_encoder is not None:
             if teacher_similarity is not None:
                 raise ValueError("with use_momentum_distillation pass teacher embeddings (queued), not teacher_similarity")
+            if false_negative_mask is not None:
+                raise ValueError("false_negative_mask is not supported with use_momentum_distillation (queued negatives)")
             loss_itc, weights_t2i, weights_i2t = self.momentum_contrastive_loss(
                 image_embeds,
                 text_embeds,
@@ -1123,44 +1145,54 @@ class SiscForPreTraining(SiscPreTrainedModel):
                 teacher_similarity=teacher_similarity,
                 alpha=alpha,
                 image_ids=image_ids,
+                false_negative_mask=false_negative_mask,
             )
         logits_per_text = sisc.logit_scale_value() * text_embeds @ image_embeds.t()
+        config = self.config
+        zero = image_embeds.new_zeros((), dtype=torch.float32)
+        itm_logits = itm_labels = mlm_logits = None
+        loss_itm = loss_mlm = zero
 
         # ITM: positives, plus for each text a hard negative image and for each image a hard negative text,
         # drawn in proportion to the contrastive similarity (positives and same-image pairs excluded).
-        batch = input_ids.shape[0]
-        not_negative = torch.eye(batch, dtype=torch.bool, device=input_ids.device)
-        if image_ids is not None:
-            not_negative |= image_ids.view(-1, 1) == image_ids.view(1, -1)
-        text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative)
-        image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative)
-        itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
-        itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
-        itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
-        fused = sisc.fuse(itm_text_states, itm_text_mask, itm_image_states)
-        itm_logits = sisc.itm_head(fused[:, 0])
-        itm_labels = torch.cat(
-            [
-                torch.ones(batch, dtype=torch.long, device=input_ids.device),
-                torch.zeros(text_rows.numel() + image_rows.numel(), dtype=torch.long, device=input_ids.device),
-            ]
-        )
-        loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
+        if config.itm_loss_weight > 0:
+            batch = input_ids.shape[0]
+            not_negative = torch.eye(batch, dtype=torch.bool, device=input_ids.device)
+            if image_ids is not None:
+                not_negative |= image_ids.view(-1, 1) == image_ids.view(1, -1)
+            if false_negative_mask is not None:  # the global mask: this process's pairs are its diagonal block
+                start = 0 if false_negative_mask.shape[0] == batch else torch.distributed.get_rank() * batch
+                block = false_negative_mask[start : start + batch, start : start + batch]
+                not_negative |= block.to(not_negative.device, torch.bool)
+            text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative)
+            image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative)
+            itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
+            itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
+            itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
+            fused = sisc.fuse(itm_text_states, itm_text_mask, itm_image_states)
+            itm_logits = sisc.itm_head(fused[:, 0])
+            itm_labels = torch.cat(
+                [
+                    torch.ones(batch, dtype=torch.long, device=input_ids.device),
+                    torch.zeros(text_rows.numel() + image_rows.numel(), dtype=torch.long, device=input_ids.device),
+                ]
+            )
+            loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
 
         # MLM: predict masked caption tokens from the fusion encoder, conditioned on the paired image.
-        if (mlm_input_ids is None) != (mlm_labels is None):
-            raise ValueError("pass both mlm_input_ids and mlm_labels, or neither")
-        if mlm_input_ids is None:
-            mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, attention_mask)
-        mlm_text = sisc.text_model(input_ids=mlm_input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        mlm_fused = sisc.fuse(mlm_text.last_hidden_state, attention_mask, image_states)
-        mlm_logits = self.mlm_head(mlm_fused)
-        if bool((mlm_labels != -100).any()):
-            loss_mlm = F.cross_entropy(mlm_logits.float().flatten(0, 1), mlm_labels.flatten(), ignore_index=-100)
-        else:  # nothing masked in this batch (very short captions): a zero that keeps the graph connected
-            loss_mlm = mlm_logits.sum() * 0.0
+        if config.mlm_loss_weight > 0:
+            if (mlm_input_ids is None) != (mlm_labels is None):
+                raise ValueError("pass both mlm_input_ids and mlm_labels, or neither")
+            if mlm_input_ids is None:
+                mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, attention_mask)
+            mlm_text = sisc.text_model(input_ids=mlm_input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            mlm_fused = sisc.fuse(mlm_text.last_hidden_state, attention_mask, image_states)
+            mlm_logits = self.mlm_head(mlm_fused)
+            if bool((mlm_labels != -100).any()):
+                loss_mlm = F.cross_entropy(mlm_logits.float().flatten(0, 1), mlm_labels.flatten(), ignore_index=-100)
+            else:  # nothing masked in this batch (very short captions): a zero that keeps the graph connected
+                loss_mlm = mlm_logits.sum() * 0.0
 
-        config = self.config
         loss = (
             config.itc_loss_weight * loss_itc + config.itm_loss_weight * loss_itm + config.mlm_loss_weight * loss_mlm
         )
@@ -1197,4 +1229,482 @@ __all__ = [
     "regulated_contrastive_loss",
     "anchor_contrastive_loss",
     "gather_with_grad",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Downstream tasks: visual question answering and visual reasoning (NLVR2)
+# --------------------------------------------------------------------------------------------------------------
+
+from transformers.models.bert.modeling_bert import BertLMHeadModel  # noqa: E402
+
+
+@dataclass
+class SiscQuestionAnsweringOutput(ModelOutput):
+    """
+    loss: training loss (weighted answer-decoder NLL for `vqa_head="generate"`, soft-score BCE for `"classify"`).
+    logits: (batch, num_answers) scores over the answer list: classifier logits, or for the decoder the answers'
+        full log-likelihoods (only the top-k candidates are scored; the others are -inf). None in training without
+        an answer list.
+    answer_ids: (batch,) index into the answer list of the predicted answer (when `logits` is given).
+    question_states: (batch, seq, hidden) fusion-encoder output of the question.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    answer_ids: torch.LongTensor | None = None
+    question_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class SiscVisualReasoningOutput(ModelOutput):
+    """loss: cross-entropy (when labels are given); logits: (batch, 2), column 1 = "the statement is true"."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+def _local_or_hub_file(path, filename: str):
+    """A file of a checkpoint (local folder or Hub cache), None when it cannot be found (no download errors)."""
+    import os
+
+    if os.path.isdir(str(path)):
+        candidate = os.path.join(str(path), filename)
+        return candidate if os.path.isfile(candidate) else None
+    try:
+        from transformers.utils import cached_file
+
+        return cached_file(path, filename, _raise_exceptions_for_missing_entries=False)
+    except Exception:  # offline / not a repo: the fallback initialisation is used
+        return None
+
+
+class _SiscTaskModel(SiscPreTrainedModel):
+    """Shared loading rule of the task models: weights a checkpoint does not have (a pretraining checkpoint has no
+    task head) start from the pretrained parts they are copies of (`_init_missing_from_pretrained`)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_encoder\.", r"^sisc\.itm_head\."]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        missing = set(info.get("missing_keys", ()))
+        if missing:
+            model._init_missing_from_pretrained(missing, pretrained_model_name_or_path)
+        return (model, info) if want_info else model
+
+    def _init_missing_from_pretrained(self, missing_keys: set, pretrained_model_name_or_path) -> None:
+        pass
+
+
+class SiscForQuestionAnswering(_SiscTaskModel):
+    """Visual question answering on top of SISC (ALBEF-style).
+
+    The question is encoded by the text encoder and fused with the image patches by the fusion encoder. Then, as
+    `config.vqa_head` chooses:
+
+    - `"generate"`: an answer decoder (transformers' `BertLMHeadModel` with cross-attention to the fused question
+      states) generates the answer. Training: teacher-forced NLL of each target answer, weighted by its weight
+      (ALBEF: the share of annotators who gave it), summed per question and averaged over questions. Inference
+      (`predict`): constrained to the closed answer list: the `vqa_k_test` answers whose first token is most
+      likely are scored fully (sum of token log-probabilities, [SEP] included) and the best one is returned.
+      Loaded from a pretraining checkpoint, the decoder starts from the fusion encoder's layers (self-attention,
+      cross-attention, feed-forward), the text encoder's embeddings and the MLM head.
+    - `"classify"`: an MLP over the fusion [CLS] with one logit per answer of `config.vqa_answers`, trained with
+      binary cross-entropy on soft scores (VQA: min(#annotators who gave the answer / 3, 1)).
+
+    Inputs: `input_ids` / `attention_mask` (the question), `pixel_values` (the image); for training `labels`
+    (batch, num_answers) float targets over the answer list (soft scores for the classifier, weights for the
+    decoder), or, for the decoder only, explicit answers (`answer_input_ids`, `answer_attention_mask`,
+    `answer_weights`, `answer_question_index`: which question each answer belongs to). The decoder needs the
+    tokenised answer list (`answer_list_input_ids` / `answer_list_attention_mask`, see `tokenize_answer_list`) to
+    rank answers and to turn `labels` into answers.
+    """
+
+    def __init__(self, config: SiscConfig):
+        super().__init__(config)
+        if config.vqa_head == "classify" and not config.vqa_answers:
+            raise ValueError("SiscConfig.vqa_answers is required with vqa_head='classify' (one output per answer)")
+        self.sisc = SiscModel(config)
+        hidden = config.fusion_encoder_config.hidden_size
+        self.answer_decoder = None
+        self.vqa_classifier = None
+        if config.vqa_head == "generate":
+            decoder_config = BertConfig(
+                **{
+                    **config.fusion_encoder_config.to_dict(),
+                    "is_decoder": True,
+                    "add_cross_attention": True,
+                    "num_hidden_layers": config.answer_decoder_layers or config.fusion_encoder_config.num_hidden_layers,
+                    "tie_word_embeddings": True,
+                }
+            )
+            decoder_config._attn_implementation_internal = self.sisc.text_model.config._attn_implementation
+            self.answer_decoder = BertLMHeadModel(decoder_config)
+        else:
+            self.vqa_classifier = nn.Sequential(
+                nn.Linear(hidden, 2 * hidden),
+                nn.GELU(),
+                nn.LayerNorm(2 * hidden, eps=config.fusion_encoder_config.layer_norm_eps),
+                nn.Linear(2 * hidden, len(config.vqa_answers)),
+            )
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.sisc.get_input_embeddings()
+
+    # ---- initialisation of a fresh head from a pretraining checkpoint ----
+    def _init_missing_from_pretrained(self, missing_keys: set, pretrained_model_name_or_path) -> None:
+        if self.answer_decoder is None or not any(k.startswith("answer_decoder.") for k in missing_keys):
+            return
+        self.init_answer_decoder_from_fusion(pretrained_model_name_or_path)
+
+    @torch.no_grad()
+    def init_answer_decoder_from_fusion(self, pretrained_model_name_or_path=None) -> None:
+        """Start the answer decoder from the pretrained fusion encoder (ALBEF initialises its decoder from BERT's
+        last layers too): layer i of the decoder copies fusion layer i (the parameter names match `BertLayer`),
+        the embeddings the text encoder's, and the LM head the pretraining MLM head when the checkpoint has one."""
+        decoder = self.answer_decoder.bert
+        decoder.embeddings.load_state_dict(self.sisc.text_model.embeddings.state_dict())
+        fusion_layers = self.sisc.fusion_model.layer
+        for index, layer in enumerate(decoder.encoder.layer[: len(fusion_layers)]):
+            missing, unexpected = layer.load_state_dict(fusion_layers[index].state_dict(), strict=False)
+            if unexpected:
+                raise ValueError(f"fusion layer {index} does not match the decoder layer: unexpected {unexpected}")
+        weights_file = _local_or_hub_file(pretrained_model_name_or_path, "model.safetensors") if pretrained_model_name_or_path else None
+        if weights_file is not None:
+            from safetensors import safe_open
+
+            head = {}
+            with safe_open(weights_file, framework="pt") as handle:
+                for key in handle.keys():
+                    if key.startswith("mlm_head.") and not key.endswith("decoder.weight"):
+                        head[key[len("mlm_head."):]] = handle.get_tensor(key)
+            if head:
+                self.answer_decoder.cls.load_state_dict(head, strict=False)
+        self.answer_decoder.tie_weights()
+
+    # ---- inputs ----
+    def tokenize_answer_list(self, tokenizer, answers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """`answer_list_input_ids` / `answer_list_attention_mask` ([CLS] answer [SEP], padded) of the answer list."""
+        answers = answers if answers is not None else self.config.vqa_answers
+        if not answers:
+            raise ValueError("no answer list: set config.vqa_answers or pass answers")
+        tokens = tokenizer(list(answers), padding="longest", return_tensors="pt")
+        device = self.device
+        return {
+            "answer_list_input_ids": tokens["input_ids"].to(device),
+            "answer_list_attention_mask": tokens["attention_mask"].to(device),
+        }
+
+    def _check_answer_list(self, ids, mask) -> None:
+        if ids is None:
+            raise ValueError(
+                "the answer decoder needs the tokenised answer list: pass answer_list_input_ids / "
+                "answer_list_attention_mask (model.tokenize_answer_list(tokenizer))"
+            )
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
+            raise ValueError(
+                f"answer_list_input_ids must be a (num_answers, length >= 2) tensor of [CLS] answer [SEP] tokens, "
+                f"got shape {tuple(getattr(ids, 'shape', ()))}"
+            )
+        if mask is None or mask.shape != ids.shape:
+            raise ValueError(
+                f"answer_list_attention_mask must have the shape of answer_list_input_ids {tuple(ids.shape)}, "
+                f"got {None if mask is None else tuple(mask.shape)}"
+            )
+        if self.config.vqa_answers is not None and ids.shape[0] != len(self.config.vqa_answers):
+            raise ValueError(
+                f"the answer list has {ids.shape[0]} answers but config.vqa_answers has {len(self.config.vqa_answers)}"
+            )
+
+    def _check_labels(self, labels: torch.Tensor, batch: int, num_answers: int) -> None:
+        if labels.dim() != 2 or labels.shape != (batch, num_answers):
+            raise ValueError(
+                f"labels must be (batch, num_answers) = ({batch}, {num_answers}) targets over the answer list, "
+                f"got {tuple(labels.shape)}"
+            )
+        empty = (labels.sum(dim=1) <= 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"question(s) at batch index {empty} have no valid answer in the answer list (all targets are 0): "
+                "drop them before the batch is built"
+            )
+
+    def encode_question(self, input_ids, attention_mask, pixel_values, token_type_ids=None, interpolate_pos_encoding=False):
+        """Fusion-encoder states (batch, seq, hidden) of the questions over their images."""
+        sisc = self.sisc
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if pixel_values is None:
+            raise ValueError("SiscForQuestionAnswering needs pixel_values (the image the question is about)")
+        if input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(f"got {input_ids.shape[0]} questions and {pixel_values.shape[0]} images")
+        image_states = sisc.encode_image(pixel_values, interpolate_pos_encoding)[0].last_hidden_state
+        text_states = sisc.encode_text(input_ids, attention_mask, token_type_ids)[0].last_hidden_state
+        return sisc.fuse(text_states, attention_mask, image_states), attention_mask
+
+    def _answer_log_likelihood(self, question_states, question_mask, answer_ids, answer_mask) -> torch.Tensor:
+        """Sum of the log-probabilities of each answer's tokens after [CLS] ([SEP] included), one per row."""
+        logits = self.answer_decoder(
+            input_ids=answer_ids,
+            attention_mask=answer_mask,
+            encoder_hidden_states=question_states,
+            encoder_attention_mask=question_mask,
+            use_cache=False,
+        ).logits
+        targets = answer_ids[:, 1:].masked_fill(answer_mask[:, 1:] == 0, -100)
+        token_loss = F.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        return -token_loss.sum(dim=1)
+
+    @torch.no_grad()
+    def rank_answers(self, question_states, question_mask, answer_list_input_ids, answer_list_attention_mask, k=None):
+        """Answer-list scores (batch, num_answers): full log-likelihoods of the k answers whose first token is most
+        likely, -inf for the rest (ALBEF's constrained ranking)."""
+        batch, num_answers = question_states.shape[0], answer_list_input_ids.shape[0]
+        k = min(k or self.config.vqa_k_test, num_answers)
+        start = answer_list_input_ids[:1, :1].expand(batch, 1)
+        first_logits = self.answer_decoder(
+            input_ids=start,
+            attention_mask=torch.ones_like(start),
+            encoder_hidden_states=question_states,
+            encoder_attention_mask=question_mask,
+            use_cache=False,
+        ).logits[:, 0]
+        first_scores = first_logits.float().log_softmax(dim=-1)[:, answer_list_input_ids[:, 1]]  # (batch, N)
+        top = first_scores.topk(k, dim=1).indices  # (batch, k)
+        ids = answer_list_input_ids[top.flatten()]
+        mask = answer_list_attention_mask[top.flatten()]
+        states = question_states.repeat_interleave(k, dim=0)
+        smask = question_mask.repeat_interleave(k, dim=0)
+        full = self._answer_log_likelihood(states, smask, ids, mask).view(batch, k)
+        scores = torch.full((batch, num_answers), float("-inf"), device=question_states.device)
+        return scores.scatter(1, top, full)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        answer_list_input_ids: torch.LongTensor | None = None,
+        answer_list_attention_mask: torch.LongTensor | None = None,
+        answer_input_ids: torch.LongTensor | None = None,
+        answer_attention_mask: torch.LongTensor | None = None,
+        answer_weights: torch.FloatTensor | None = None,
+        answer_question_index: torch.LongTensor | None = None,
+        k: int | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SiscQuestionAnsweringOutput | tuple:
+        if input_ids is None:
+            raise ValueError("SiscForQuestionAnswering needs input_ids (the question)")
+        states, mask = self.encode_question(input_ids, attention_mask, pixel_values, token_type_ids, interpolate_pos_encoding)
+        batch = states.shape[0]
+        loss = logits = answer_ids = None
+        if self.vqa_classifier is not None:
+            logits = self.vqa_classifier(states[:, 0])
+            if labels is not None:
+                self._check_labels(labels, batch, logits.shape[1])
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float()) * logits.shape[1]
+            answer_ids = logits.argmax(dim=1)
+        else:
+            if labels is not None:
+                if answer_input_ids is not None:
+                    raise ValueError("pass labels (targets over the answer list) or explicit answers, not both")
+                self._check_answer_list(answer_list_input_ids, answer_list_attention_mask)
+                self._check_labels(labels, batch, answer_list_input_ids.shape[0])
+                answer_question_index, answer_index = labels.nonzero(as_tuple=True)
+                answer_weights = labels[answer_question_index, answer_index]
+                answer_input_ids = answer_list_input_ids[answer_index]
+                answer_attention_mask = answer_list_attention_mask[answer_index]
+            if answer_input_ids is not None:
+                if answer_attention_mask is None:
+                    answer_attention_mask = torch.ones_like(answer_input_ids)
+                if answer_question_index is None:
+                    if answer_input_ids.shape[0] != batch:
+                        raise ValueError(
+                            f"{answer_input_ids.shape[0]} answers for {batch} questions: pass answer_question_index"
+                        )
+                    answer_question_index = torch.arange(batch, device=states.device)
+                if answer_weights is None:
+                    answer_weights = torch.ones(answer_input_ids.shape[0], device=states.device)
+                if not (answer_question_index.shape[0] == answer_weights.shape[0] == answer_input_ids.shape[0]):
+                    raise ValueError("answer_input_ids, answer_weights and answer_question_index must have one row per answer")
+                log_likelihood = self._answer_log_likelihood(
+                    states[answer_question_index], mask[answer_question_index], answer_input_ids, answer_attention_mask
+                )
+                loss = -(answer_weights.float() * log_likelihood).sum() / batch
+            if not self.training and answer_list_input_ids is not None:
+                self._check_answer_list(answer_list_input_ids, answer_list_attention_mask)
+                logits = self.rank_answers(states, mask, answer_list_input_ids, answer_list_attention_mask, k)
+                answer_ids = logits.argmax(dim=1)
+        output = SiscQuestionAnsweringOutput(loss=loss, logits=logits, answer_ids=answer_ids, question_states=states)
+        return_dict = return_dict if return_dict is not None else True
+        return output if return_dict else output.to_tuple()
+
+    @torch.no_grad()
+    def predict(self, input_ids, pixel_values, attention_mask=None, answer_list_input_ids=None,
+                answer_list_attention_mask=None, k=None) -> torch.LongTensor:
+        """Index into the answer list of each question's answer (the decoder is constrained to the list)."""
+        was_training = self.training
+        self.eval()
+        try:
+            output = self(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                answer_list_input_ids=answer_list_input_ids,
+                answer_list_attention_mask=answer_list_attention_mask,
+                k=k,
+            )
+        finally:
+            self.train(was_training)
+        if output.answer_ids is None:
+            self._check_answer_list(answer_list_input_ids, answer_list_attention_mask)
+        return output.answer_ids
+
+    @torch.no_grad()
+    def answer(self, questions, images, processor, k: int | None = None, batch_size: int = 64) -> list[str]:
+        """Answers (strings of `config.vqa_answers`) to `questions` about `images` (PIL images or paths)."""
+        if isinstance(questions, str):
+            questions, images = [questions], [images]
+        if len(questions) != len(images):
+            raise ValueError(f"got {len(questions)} questions and {len(images)} images")
+        if not self.config.vqa_answers:
+            raise ValueError("config.vqa_answers is empty: the model has no answer list")
+        answer_list = self.tokenize_answer_list(processor.tokenizer) if self.answer_decoder is not None else {}
+        results = []
+        for start in range(0, len(questions), batch_size):
+            pil = [SiscModel._load_image(image) for image in images[start : start + batch_size]]
+            inputs = processor(text=list(questions[start : start + batch_size]), images=pil, return_tensors="pt").to(self.device)
+            ids = self.predict(
+                inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], k=k, **answer_list
+            )
+            results += [self.config.vqa_answers[i] for i in ids.tolist()]
+        return results
+
+
+class SiscBranchMerge(nn.Linear):
+    """Merges the outputs of the two cross-attention branches of a visual-reasoning fusion layer
+    (concatenated, 2 x hidden -> hidden); it starts as their average."""
+
+
+class SiscForVisualReasoning(_SiscTaskModel):
+    """NLVR2-style visual reasoning: one sentence, two images, is the sentence true?
+
+    As ALBEF's NLVR2 model: in every fusion layer, after the self-attention over the sentence, the text attends to
+    the left image's patches (the pretrained cross-attention) and to the right image's patches (a second
+    cross-attention, starting as a copy of the first) in two branches; a linear layer merges the two outputs
+    (starting as their average), then comes the feed-forward block. An MLP on the fused [CLS] predicts
+    false (0) / true (1).
+
+    Inputs: `input_ids` / `attention_mask` (the sentence), `pixel_values` (left images) and `pixel_values_2`
+    (right images), or `pixel_values` of shape (batch, 2, channels, height, width); optional `labels` (batch,).
+    """
+
+    def __init__(self, config: SiscConfig):
+        super().__init__(config)
+        self.sisc = SiscModel(config)
+        fusion = config.fusion_encoder_config
+        hidden = fusion.hidden_size
+        self.second_crossattention = nn.ModuleList(
+            [BertAttention(fusion, is_causal=False, layer_idx=i, is_cross_attention=True) for i in range(fusion.num_hidden_layers)]
+        )
+        self.branch_merge = nn.ModuleList([SiscBranchMerge(2 * hidden, hidden) for _ in range(fusion.num_hidden_layers)])
+        self.reasoning_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, SiscBranchMerge):
+            hidden = module.out_features
+            eye = torch.eye(hidden, dtype=module.weight.dtype, device=module.weight.device)
+            init.copy_(module.weight, 0.5 * torch.cat([eye, eye], dim=1))
+            init.zeros_(module.bias)
+
+    def get_input_embeddings(self):
+        return self.sisc.get_input_embeddings()
+
+    def _init_missing_from_pretrained(self, missing_keys: set, pretrained_model_name_or_path) -> None:
+        if any(k.startswith("second_crossattention.") for k in missing_keys):
+            self.init_second_branch_from_first()
+
+    @torch.no_grad()
+    def init_second_branch_from_first(self) -> None:
+        """Copy each fusion layer's (pretrained) image cross-attention into the second image's branch."""
+        for layer, second in zip(self.sisc.fusion_model.layer, self.second_crossattention):
+            second.load_state_dict(layer.crossattention.state_dict())
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_2: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SiscVisualReasoningOutput | tuple:
+        if input_ids is None:
+            raise ValueError("SiscForVisualReasoning needs input_ids (the sentence)")
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 5:
+            if pixel_values_2 is not None or pixel_values.shape[1] != 2:
+                raise ValueError(
+                    f"5-D pixel_values must be (batch, 2, channels, height, width) without pixel_values_2, got "
+                    f"{tuple(pixel_values.shape)}"
+                )
+            pixel_values, pixel_values_2 = pixel_values[:, 0], pixel_values[:, 1]
+        if pixel_values is None or pixel_values_2 is None:
+            raise ValueError(
+                "SiscForVisualReasoning needs TWO images per sentence: pixel_values (left) and pixel_values_2 (right)"
+                + (" - pixel_values_2 is missing" if pixel_values is not None else "")
+            )
+        if not (input_ids.shape[0] == pixel_values.shape[0] == pixel_values_2.shape[0]):
+            raise ValueError(
+                f"got {input_ids.shape[0]} sentences, {pixel_values.shape[0]} left and {pixel_values_2.shape[0]} right images"
+            )
+        sisc = self.sisc
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch = input_ids.shape[0]
+        images = sisc.encode_image(torch.cat([pixel_values, pixel_values_2]), interpolate_pos_encoding)[0].last_hidden_state
+        fusion = sisc.fusion_model
+        images = fusion.image_projection(images)
+        left, right = images[:batch], images[batch:]
+        hidden_states = sisc.encode_text(input_ids, attention_mask, token_type_ids)[0].last_hidden_state
+        mask = create_bidirectional_mask(config=fusion.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        for layer, second, merge in zip(fusion.layer, self.second_crossattention, self.branch_merge):
+            hidden_states, _ = layer.attention(hidden_states, mask)
+            first_branch, _ = layer.crossattention(hidden_states, None, left)
+            second_branch, _ = second(hidden_states, None, right)
+            hidden_states = merge(torch.cat([first_branch, second_branch], dim=-1))
+            hidden_states = layer.output(layer.intermediate(hidden_states), hidden_states)
+        logits = self.reasoning_head(hidden_states[:, 0])
+        loss = None
+        if labels is not None:
+            labels = labels.long().view(-1)
+            if labels.shape[0] != batch or bool(((labels != 0) & (labels != 1)).any()):
+                raise ValueError(f"labels must be ({batch},) zeros (false) and ones (true), got {labels.tolist()[:8]}")
+            loss = F.cross_entropy(logits.float(), labels)
+        output = SiscVisualReasoningOutput(loss=loss, logits=logits)
+        return_dict = return_dict if return_dict is not None else True
+        return output if return_dict else output.to_tuple()
+
+
+SiscForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")
+SiscForVisualReasoning.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ += [
+    "SiscForQuestionAnswering",
+    "SiscForVisualReasoning",
+    "SiscQuestionAnsweringOutput",
+    "SiscVisualReasoningOutput",
 ]

@@ -767,3 +767,34 @@ def test_eager_and_sdpa_give_the_same_logits(base_model, via):
     eager, sdpa = (logits_of(models[k], inputs) for k in ("eager", "sdpa"))
     for got, want in zip(sdpa, eager):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# known false negatives (the benchmark's oracle) and switched-off losses
+
+
+def test_false_negative_mask_removes_exactly_those_negatives(base_model):
+    """The oracle: pairs marked as false negatives get weight 0, which equals the loss of the explicit weights."""
+    batch = pairs(4, seed=3)
+    with torch.no_grad():
+        _, image_embeds = base_model.encode_image(batch["pixel_values"])
+        _, text_embeds = base_model.encode_text(batch["input_ids"], batch["attention_mask"])
+        known = torch.zeros(4, 4, dtype=torch.bool)
+        known[0, 2] = known[3, 1] = True
+        known[1, 1] = True  # a positive marked too: it must stay the positive
+        loss, w_t2i, w_i2t = base_model.contrastive_loss(image_embeds, text_embeds, false_negative_mask=known)
+        assert w_t2i[0, 2] == 0 and w_t2i[3, 1] == 0 and w_i2t[2, 0] == 0 and w_i2t[1, 3] == 0
+        assert (w_t2i[~known & ~torch.eye(4, dtype=torch.bool)] > 0).all()
+        logits = base_model.logit_scale_value() * text_embeds @ image_embeds.t()
+        assert torch.allclose(loss, regulated_contrastive_loss(logits, w_t2i, w_i2t))
+        with pytest.raises(ValueError, match="false_negative_mask has shape"):
+            base_model.contrastive_loss(image_embeds, text_embeds, false_negative_mask=known[:3])
+
+
+def test_zero_weight_losses_are_skipped():
+    torch.manual_seed(0)
+    model = SiscForPreTraining(tiny_config(itm_loss_weight=0.0, mlm_loss_weight=0.0)).eval()
+    with torch.no_grad():
+        out = model(**pairs(4))
+    assert out.itm_logits is None and out.mlm_logits is None
+    assert out.loss_itm.item() == 0 and out.loss_mlm.item() == 0 and torch.equal(out.loss, out.loss_itc)

@@ -106,12 +106,22 @@ def load_retrieval_set(
     return result
 
 
+_SHAPES_VIEWS: dict[str, tuple] = {}  # split fingerprint -> retrieval view: runs in one process (benchmarks) decode once
+
+
 def shapes_retrieval_set(split_dataset, description: str) -> RetrievalSet:
     """A split of the embedded shapes dataset, with its exact caption-image relevance."""
     from train.shapes_dataset import retrieval_view
 
-    images, captions, caption_to_image, relevance = retrieval_view(split_dataset)
-    return RetrievalSet(images, captions, caption_to_image, relevance, description)
+    key = getattr(split_dataset, "_fingerprint", None)
+    view = _SHAPES_VIEWS.get(key) if key else None
+    if view is None:
+        view = retrieval_view(split_dataset)
+        if key:
+            _SHAPES_VIEWS.clear()  # keep one: the views hold decoded images
+            _SHAPES_VIEWS[key] = view
+    images, captions, caption_to_image, relevance = view
+    return RetrievalSet(list(images), list(captions), list(caption_to_image), relevance, description)
 
 
 # ---------------------------------------------------------------------------------------------------------------

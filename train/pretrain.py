@@ -28,7 +28,12 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed  # noqa: E402
+from accelerate.utils import (  # noqa: E402
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    set_seed,
+)
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoProcessor, HfArgumentParser, get_cosine_schedule_with_warmup  # noqa: E402
@@ -62,6 +67,16 @@ class ModelArguments:
     )
     mlm_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight of the MLM loss (0 switches it off; default: the config's)."}
+    )
+    itm_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the ITM loss (0 switches it off; default: the config's)."}
+    )
+    momentum_distillation: bool = field(
+        default=False, metadata={"help": "ALBEF's momentum encoder, queue and soft targets (new models only)."}
+    )
+    oracle_false_negatives: bool = field(
+        default=False,
+        metadata={"help": "Benchmark upper bound: never use pairs the dataset's ground truth marks as matching as negatives (shapes, 1 process)."},
     )
     image_size: int = field(default=64, metadata={"help": "Image size of the small default model."})
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of the small default model."})
@@ -152,8 +167,11 @@ def build_model(model_args: ModelArguments, processor, total_steps: int) -> Sisc
         alpha_steps=model_args.alpha_steps if model_args.alpha_steps is not None else total_steps,
         alpha_schedule=model_args.alpha_schedule,
     )
-    if model_args.mlm_loss_weight is not None:
-        regulation["mlm_loss_weight"] = model_args.mlm_loss_weight
+    for name in ("mlm_loss_weight", "itm_loss_weight"):
+        if getattr(model_args, name) is not None:
+            regulation[name] = getattr(model_args, name)
+    if model_args.momentum_distillation:
+        regulation["use_momentum_distillation"] = True
     if model_args.model_name_or_path:
         return SiscForPreTraining.from_pretrained(model_args.model_name_or_path, **regulation)
     tokenizer = processor.tokenizer
@@ -339,7 +357,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
         # dispatch_batches=False: every process reads its own shard (batches carry non-tensor bookkeeping)
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False),
+        # a switched-off loss leaves its head without gradients, which DDP must be told about
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=0 in (model_args.mlm_loss_weight, model_args.itm_loss_weight))],
     )
+    if model_args.oracle_false_negatives and (data_args.dataset != "shapes" or accelerator.num_processes > 1):
+        raise ValueError("--oracle_false_negatives needs the embedded shapes dataset (its ground truth) and one process")
     set_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.push_to_hub and accelerator.is_main_process:
@@ -447,6 +469,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
             uses_teacher = bool(extra)
             if uses_teacher:
                 extra["alpha"] = alpha
+            if model_args.oracle_false_negatives:
+                extra["false_negative_mask"] = relevance
             with accelerator.accumulate(model):
                 outputs = model(
                     input_ids=batch["input_ids"],
@@ -482,7 +506,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
                 accelerator.log(logs, step=global_step)
                 progress.set_postfix(loss=f"{logs['loss']:.3f}", itc=f"{logs['loss_itc']:.3f}")
                 last_logs = logs
-                history.append({"step": global_step, **{k: logs[k] for k in ("loss", "loss_itc", "loss_itm", "loss_mlm")}})
+                history.append({"step": global_step, **{k: v for k, v in logs.items() if k not in ("lr", "epoch")}})
             if (
                 accelerator.is_main_process
                 and outputs.weights_t2i is not None
