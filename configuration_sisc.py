@@ -18,6 +18,7 @@ CONTRASTIVE_LOSSES = ("srcl", "infonce")
 WEIGHT_NORMS = ("mean", "softmax")
 ALPHA_SCHEDULES = ("linear", "cosine", "constant")
 VISION_MODEL_TYPES = ("vit", "clip_vision_model")
+VQA_HEADS = ("generate", "classify")
 
 
 class SiscConfig(PreTrainedConfig):
@@ -72,6 +73,18 @@ class SiscConfig(PreTrainedConfig):
             Special tokens of the tokenizer, used by MLM masking (the pad id is `text_config.pad_token_id`).
         tie_word_embeddings (`bool`, defaults to `True`):
             Tie the MLM decoder to the text encoder's word embeddings (as BERT and ALBEF do).
+        vqa_head (`str`, defaults to `"generate"`):
+            Answer head of `SiscForQuestionAnswering`: `"generate"` = ALBEF's answer decoder (a BERT decoder with
+            cross-attention to the fused question states; at inference the answers of `vqa_answers` are ranked: the
+            `vqa_k_test` most likely by their first token are scored fully), `"classify"` = an MLP classifier over the
+            fusion [CLS] with one output per answer of `vqa_answers` (binary cross-entropy on the soft VQA scores).
+        vqa_answers (`list[str]`, *optional*):
+            The closed answer list: the classifier's outputs (`"classify"`) or the candidates ranked at inference
+            (`"generate"`). Distinct, non-empty strings; required by the classifier.
+        vqa_k_test (`int`, defaults to 128):
+            Number of candidate answers the answer decoder scores fully (ALBEF's k_test); capped by the list length.
+        answer_decoder_layers (`int`, *optional*):
+            Layers of the answer decoder (default: as many as the fusion encoder, from whose layers it starts).
     """
 
     model_type = "sisc"
@@ -108,6 +121,10 @@ class SiscConfig(PreTrainedConfig):
     mask_token_id: int = 103
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
+    vqa_head: str = "generate"
+    vqa_answers: list[str] | None = None
+    vqa_k_test: int = 128
+    answer_decoder_layers: int | None = None
 
     def __post_init__(self, **kwargs):
         # The paper's base architecture when a sub-config is not given.
@@ -174,6 +191,32 @@ class SiscConfig(PreTrainedConfig):
             fail("distill_alpha", f"must lie in [0, 1], got {self.distill_alpha!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             fail("mlm_probability", f"must lie in (0, 1), got {self.mlm_probability!r}")
+        self.validate_task_settings()
+
+    def validate_task_settings(self):
+        """Checks of the downstream-task fields (VQA head and answer list)."""
+        def fail(field, message):
+            raise ValueError(f"SiscConfig.{field} {message}")
+
+        if self.vqa_head not in VQA_HEADS:
+            fail("vqa_head", f"must be one of {VQA_HEADS}, got {self.vqa_head!r}")
+        answers = self.vqa_answers
+        if answers is not None:
+            if isinstance(answers, str) or not isinstance(answers, (list, tuple)):
+                fail("vqa_answers", f"must be a list of answer strings, got {type(answers).__name__}")
+            bad = [a for a in answers if not isinstance(a, str) or not a.strip()]
+            if bad or not answers:
+                fail("vqa_answers", f"must be a non-empty list of non-empty strings, got bad entries {bad[:5]!r}")
+            if len(set(answers)) != len(answers):
+                duplicates = sorted({a for a in answers if answers.count(a) > 1})
+                fail("vqa_answers", f"must hold distinct answers, duplicated: {duplicates[:5]!r}")
+            self.vqa_answers = list(answers)
+        if not isinstance(self.vqa_k_test, int) or self.vqa_k_test < 1:
+            fail("vqa_k_test", f"must be a positive integer, got {self.vqa_k_test!r}")
+        if self.answer_decoder_layers is not None and (
+            not isinstance(self.answer_decoder_layers, int) or self.answer_decoder_layers < 1
+        ):
+            fail("answer_decoder_layers", f"must be None or a positive integer, got {self.answer_decoder_layers!r}")
 
     def alpha_at(self, step: int) -> float:
         """Teacher share alpha of the mixed similarity at optimisation step `step` (0-based)."""

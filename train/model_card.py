@@ -215,8 +215,10 @@ def _loss_rows(config: Mapping[str, Any], teacher: str | None) -> tuple[str, lis
 
 
 def _eval_results(
-    metrics: Mapping[str, Any], dataset_type: str, dataset_name: str, split: str, task_name: str, key_prefix: str = ""
+    metrics: Mapping[str, Any], dataset_type: str, dataset_name: str, split: str, task_name: str, key_prefix: str = "",
+    task_type: str = EVAL_TASK_TYPE, display_names: Mapping[str, str] | None = None,
 ) -> list[EvalResult]:
+    display_names = display_names or {}
     results = []
     for key in sorted(metrics, key=_metric_sort_key):
         value = metrics[key]
@@ -224,13 +226,13 @@ def _eval_results(
             continue
         results.append(
             EvalResult(
-                task_type=EVAL_TASK_TYPE,
+                task_type=task_type,
                 task_name=task_name,
                 dataset_type=dataset_type,
                 dataset_name=dataset_name,
                 dataset_split=split,
                 metric_type=key_prefix + key,
-                metric_name=metric_display_name(key),
+                metric_name=display_names.get(key) or metric_display_name(key),
                 metric_value=round(float(value), 4),
             )
         )
@@ -264,6 +266,7 @@ def render_model_card(
     fine_tuned_for: str | None = None,
     repo_id: str | None = None,
     template_path: str | os.PathLike | None = None,
+    task_results: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Build the card's metadata, render `model_cards/template.md`, write `<output_dir>/README.md`, return the card.
 
@@ -288,6 +291,11 @@ def render_model_card(
             a pretrained model, whose results are zero-shot.
         repo_id: the path shown in the usage snippet (default: `model_name`).
         template_path: another Jinja template (default: `model_cards/template.md`).
+        task_results: a downstream task's results instead of retrieval metrics (VQA, NLVR2), a dict with keys
+            `task_type` (model-index task type, e.g. "visual-question-answering"), `task_name`, `metrics` ({key:
+            value} per split: {"test": {...}, "dev": {...}}), optional `display_names` ({key: readable name}),
+            `tags` (extra tags) and `template_vars` (passed to the template). The default template for it is
+            `model_cards/template_task.md`; `metrics`, `rerank_metrics` and `eval_split` are then ignored.
     """
     output_dir = Path(output_dir)
     config = dict(model_config or {})
@@ -296,6 +304,13 @@ def render_model_card(
     dataset_label = str(dataset_name) if dataset_name else "unknown dataset"
     dataset_type = dataset_label if _looks_like_hub_id(dataset_label) else Path(dataset_label).name or dataset_label
     synthetic = dataset_label.lower() in SYNTHETIC_DATASETS
+
+    if task_results is not None:
+        return _render_task_card(
+            output_dir, config, dict(task_results), dataset_label, dataset_type, synthetic, model_name,
+            dataset_description, num_train_pairs, hyperparameters, task, base_model, fine_tuned_for, repo_id,
+            template_path,
+        )
 
     setting = "after fine-tuning" if fine_tuned_for else "zero-shot"
     eval_results = _eval_results(metrics, dataset_type, dataset_label, eval_split, f"Image-text retrieval ({setting}, ITC)")
@@ -347,6 +362,60 @@ def render_model_card(
         eval_split=eval_split,
         usage_path=json.dumps(str(repo_id or model_name), ensure_ascii=False),  # a valid Python string literal
         usage_texts=json.dumps(usage_texts, ensure_ascii=False),
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    card.save(output_dir / "README.md")
+    return card
+
+
+TASK_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "template_task.md"
+
+
+def _render_task_card(output_dir, config, task_results, dataset_label, dataset_type, synthetic, model_name,
+                      dataset_description, num_train_pairs, hyperparameters, task, base_model, fine_tuned_for, repo_id,
+                      template_path) -> ModelCard:
+    """The card of a downstream-task model (see `render_model_card(task_results=...)`)."""
+    for key in ("task_type", "task_name", "metrics"):
+        if key not in task_results:
+            raise ValueError(f"task_results needs the key {key!r}")
+    names = dict(task_results.get("display_names") or {})
+    eval_results, split_rows = [], []
+    for split, split_metrics in task_results["metrics"].items():
+        split_metrics = dict(split_metrics or {})
+        eval_results += _eval_results(
+            split_metrics, dataset_type, dataset_label, split, task_results["task_name"],
+            task_type=task_results["task_type"], display_names=names,
+        )
+        for key, value in split_metrics.items():
+            if _is_number(value):
+                shown = f"{value:.2f}" if isinstance(value, float) and math.isfinite(value) else _format_value(value)
+                split_rows.append((split, names.get(key, key), key, shown))
+    card_data = ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=[t for t in TAGS if t != "image-text-retrieval"] + list(task_results.get("tags") or []),
+        pipeline_tag=task,
+        datasets=[dataset_label] if _looks_like_hub_id(dataset_label) else None,
+        base_model=base_model if _looks_like_hub_id(base_model) else None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path or TASK_TEMPLATE_PATH),
+        model_name=model_name,
+        task_name=task_results["task_name"],
+        fine_tuned_for=fine_tuned_for or task_results["task_name"],
+        base_model_text=(f"`{base_model}`" if base_model else ""),
+        synthetic_data=synthetic,
+        architecture_rows=_architecture_rows(config),
+        dataset_name=dataset_label,
+        dataset_description=dataset_description or "not given",
+        num_train_text=f"{num_train_pairs:,}" if num_train_pairs is not None else "unknown",
+        hyperparameter_rows=[(f"`{name}`", _format_value(value)) for name, value in (hyperparameters or {}).items()],
+        task_result_rows=split_rows,
+        usage_path=json.dumps(str(repo_id or model_name), ensure_ascii=False),
+        **dict(task_results.get("template_vars") or {}),
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     card.save(output_dir / "README.md")

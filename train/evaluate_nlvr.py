@@ -1,0 +1,144 @@
+"""Evaluate a SISC visual-reasoning model (NLVR2 layout: sentence, left image, right image, label): accuracy in percent
+on each split given, with the majority-label baseline.
+
+    python train/evaluate_nlvr.py --model_name_or_path outputs/sisc-small-nlvr [--dataset shapes] [--splits dev test]
+
+Labels may be 0/1, booleans or the strings "True"/"False" (the raw NLVR2 json). Rows without a second image or with
+an unreadable label are counted (`skipped`) and left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+COLUMNS = {"sentence": "sentence", "left_image": "left_image", "right_image": "right_image", "label": "label"}
+
+
+def label_value(value) -> int | None:
+    """0 / 1 from an int, a bool or "True"/"False" (any case); None when it is none of these."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return int(value.strip().lower() == "true")
+    return None
+
+
+def usable_rows(split, columns=None) -> tuple[list[int], int]:
+    """Indices of rows with both images and a readable label, and the number of rows left out."""
+    import datasets
+
+    columns = {**COLUMNS, **(columns or {})}
+    view = split
+    for name in (columns["left_image"], columns["right_image"]):
+        if isinstance(split.features.get(name), datasets.Image):
+            view = view.cast_column(name, datasets.Image(decode=False))
+    left, right, labels = view[columns["left_image"]], view[columns["right_image"]], view[columns["label"]]
+    keep = [i for i in range(len(split)) if left[i] is not None and right[i] is not None and label_value(labels[i]) is not None]
+    return keep, len(split) - len(keep)
+
+
+class NlvrCollator:
+    def __init__(self, processor, columns=None):
+        self.processor = processor
+        self.columns = {**COLUMNS, **(columns or {})}
+
+    def __call__(self, rows):
+        from modeling_sisc import SiscModel
+
+        c = self.columns
+        for index, row in enumerate(rows):
+            if row[c["left_image"]] is None or row[c["right_image"]] is None:
+                raise ValueError(f"row {index} of the batch lacks its {'left' if row[c['left_image']] is None else 'right'} image")
+        images = [SiscModel._load_image(r[c["left_image"]]) for r in rows] + [SiscModel._load_image(r[c["right_image"]]) for r in rows]
+        inputs = self.processor(text=[r[c["sentence"]] for r in rows], images=images, return_tensors="pt")
+        n = len(rows)
+        labels = [label_value(r[c["label"]]) for r in rows]
+        batch = {
+            "input_ids": inputs["input_ids"],
+            "attention_mask": inputs["attention_mask"],
+            "pixel_values": inputs["pixel_values"][:n],
+            "pixel_values_2": inputs["pixel_values"][n:],
+        }
+        if all(label is not None for label in labels):
+            batch["labels"] = torch.tensor(labels)
+        return batch
+
+
+@torch.no_grad()
+def evaluate_nlvr(model, processor, split, batch_size: int = 128, columns=None) -> dict:
+    """{"accuracy": percent, "num_examples", "skipped"} of `model` on `split`."""
+    keep, skipped = usable_rows(split, columns)
+    split = split.select(keep)
+    collate = NlvrCollator(processor, columns)
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        rows = [split[i] for i in range(start, min(start + batch_size, len(split)))]
+        batch = {k: v.to(model.device) for k, v in collate(rows).items()}
+        labels = batch.pop("labels")
+        correct += int((model(**batch).logits.argmax(dim=1) == labels).sum())
+    return {"accuracy": 100.0 * correct / max(len(split), 1), "num_examples": len(split), "skipped": skipped}
+
+
+def majority_baseline(train_split, eval_split, columns=None) -> dict:
+    """Accuracy of always predicting the most frequent training label."""
+    columns = {**COLUMNS, **(columns or {})}
+    train = [label_value(v) for v in train_split[columns["label"]]]
+    train = [v for v in train if v is not None]
+    majority = int(sum(train) * 2 >= len(train))
+    gold = [label_value(v) for v in eval_split[columns["label"]]]
+    gold = [v for v in gold if v is not None]
+    return {"majority_label": majority, "majority_accuracy": 100.0 * sum(g == majority for g in gold) / max(len(gold), 1)}
+
+
+def load_nlvr_data(dataset: str, cache_dir: str = "data_cache/shapes", num_train: int | None = None):
+    if dataset == "shapes":
+        from train.shapes_tasks import ShapesTaskConfig, load_shapes_nlvr
+
+        config = ShapesTaskConfig(**({"num_train": num_train} if num_train is not None else {"num_train": 8000}))
+        return load_shapes_nlvr(config, cache_dir)
+    from train.task_training import load_hub_or_disk_dataset
+
+    return load_hub_or_disk_dataset(dataset)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--dataset", default="shapes")
+    parser.add_argument("--data_cache_dir", default="data_cache/shapes")
+    parser.add_argument("--shapes_num_train", type=int, default=None)
+    parser.add_argument("--splits", nargs="+", default=["dev", "test"])
+    parser.add_argument("--baseline_split", default="train", help="split the majority label comes from ('' = none)")
+    parser.add_argument("--batch_size", type=int, default=128)
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForSequenceClassification
+
+    from train.task_training import load_processor
+
+    model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, trust_remote_code=True)
+    processor = load_processor(args.model_name_or_path)
+    data = load_nlvr_data(args.dataset, args.data_cache_dir, args.shapes_num_train)
+    results = {}
+    for name in args.splits:
+        results[name] = evaluate_nlvr(model, processor, data[name], args.batch_size)
+        if args.baseline_split:
+            results[name]["majority_baseline_accuracy"] = majority_baseline(data[args.baseline_split], data[name])["majority_accuracy"]
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
