@@ -248,3 +248,17 @@ def test_data_formats_load_as_pairs(pairs_file, tmp_path):
         load_pairs(os.path.join(folder, "pairs.csv"), image_column="path")
     with pytest.raises(FileNotFoundError):
         load_pairs(str(tmp_path / "nowhere"))
+
+
+def test_momentum_encoder_added_to_a_checkpoint_starts_as_a_copy(tmp_path):
+    """ALBEF distillation from a checkpoint trained without it: the momentum towers copy the student, not noise."""
+    from configuration_sisc import SiscConfig
+    from modeling_sisc import SiscForPreTraining
+
+    torch.manual_seed(0)
+    SiscForPreTraining(SiscConfig.small(vocab_size=50, image_size=16, hidden_size=32)).save_pretrained(tmp_path)
+    model_args = pretrain.ModelArguments(model_name_or_path=str(tmp_path), momentum_distillation=True)
+    model = pretrain.build_model(model_args, processor=None, total_steps=10)
+    student = dict(model.sisc.vision_model.named_parameters())
+    for name, param in model.momentum_encoder.vision_model.named_parameters():
+        assert torch.equal(param, student[name]), name

@@ -173,7 +173,10 @@ def build_model(model_args: ModelArguments, processor, total_steps: int) -> Sisc
     if model_args.momentum_distillation:
         regulation["use_momentum_distillation"] = True
     if model_args.model_name_or_path:
-        return SiscForPreTraining.from_pretrained(model_args.model_name_or_path, **regulation)
+        model = SiscForPreTraining.from_pretrained(model_args.model_name_or_path, **regulation)
+        if model.momentum_encoder is not None and not SiscConfig.from_pretrained(model_args.model_name_or_path).use_momentum_distillation:
+            model.momentum_encoder.update(model.sisc, momentum=0.0)  # the checkpoint has none: start as a copy
+        return model
     tokenizer = processor.tokenizer
     config = SiscConfig.small(
         vocab_size=len(tokenizer),
