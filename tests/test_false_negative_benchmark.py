@@ -1,0 +1,57 @@
+"""benchmarks/false_negatives.py on a toy budget: the runs, the paired differences, the saved table and plot."""
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import false_negatives  # noqa: E402
+
+
+def test_summary_statistics_by_hand():
+    """Paired differences to InfoNCE with a 95% t-interval over seeds, worked by hand."""
+    def run(value):
+        return {"metrics": {m: value for m in false_negatives.METRICS}, "history": [{"weights/std": 0.5}]}
+
+    table = false_negatives.summarise({"infonce": [run(10.0), run(12.0), run(14.0)], "x": [run(11.0), run(14.0), run(15.0)]})
+    cell = table["x"]["tr_map_r"]
+    # differences 1, 2, 1: mean 4/3, std 0.57735; half width 4.303 * 0.57735 / sqrt(3) = 1.4343
+    assert cell["mean"] == pytest.approx(40 / 3) and cell["diff"] == pytest.approx(4 / 3)
+    assert cell["ci95"] == pytest.approx([4 / 3 - 1.4343, 4 / 3 + 1.4343], abs=1e-3)
+    assert table["infonce"]["tr_map_r"]["std"] == pytest.approx(2.0) and "diff" not in table["infonce"]["tr_map_r"]
+    assert table["x"]["weights/std"] == 0.5 and table["x"]["false_negatives/mean_weight"] != table["x"]["false_negatives/mean_weight"]  # NaN: never logged
+
+
+def tiny_checkpoint(folder):
+    import torch
+
+    from configuration_sisc import SiscConfig
+    from modeling_sisc import SiscForPreTraining
+    from processing_sisc import build_default_processor
+
+    processor = build_default_processor(image_size=16)
+    torch.manual_seed(0)
+    SiscForPreTraining(SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def test_toy_benchmark_runs_end_to_end(tmp_path, capsys):
+    out = tmp_path / "fn"
+    start = tiny_checkpoint(tmp_path / "start")
+    args = ["--settings", "high", "--seeds", "0", "--objectives", "srcl_teacher_mean", "albef_md", "oracle",
+            "--steps", "2", "--warm_start", start, "--teacher", start, "--shapes_num_train", "64", "--batch_size", "16",
+            "--data_cache_dir", str(tmp_path / "cache"), "--out", str(out)]
+    summaries = false_negatives.main(args)
+    assert list(summaries["high"]) == ["infonce", "srcl_teacher_mean", "albef_md", "oracle"]  # InfoNCE: the reference
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["summaries"]["high"]["oracle"]["false_negatives/mean_weight"] == pytest.approx(0.0)  # oracle drops them
+    assert set(saved["teachers"]["high"]) == {"warm_start", "teacher"}
+    assert "### Setting `high`" in (out / "summary.md").read_text() and (out / "summary.png").stat().st_size > 0
+    capsys.readouterr()
+    false_negatives.main(args)  # finished runs are reused, not trained again
+    assert "finished" not in capsys.readouterr().out
