@@ -41,8 +41,9 @@ class SiscConfig(PreTrainedConfig):
         weight_norm (`str`, defaults to `"mean"`):
             How `1 / s_ij` becomes a weight with mean 1 over each anchor's negatives: `"mean"` divides by the
             mean (delta cancels), `"softmax"` takes (N - 1) * softmax(delta / s_ij) (delta is a sharpness).
-        delta (`float`, defaults to 1.0):
-            The paper's scaling factor in `w_ij = Norm(delta / s_ij)`; must be > 0.
+        delta (`float`, defaults to 8.0):
+            The paper's scaling factor in `w_ij = Norm(delta / s_ij)`; must be > 0. It only matters with the softmax
+            normalisation, where 8 measured best (`benchmarks/false_negatives.py`, see `benchmarks/README.md`).
         removal_threshold (`float`, *optional*):
             The paper's sec. 4.3 heuristic ("ALBEF++"): negatives whose normalised weight is below it are dropped
             (weight 0), all others keep weight 1.
@@ -101,7 +102,7 @@ class SiscConfig(PreTrainedConfig):
     temperature_init: float = 0.07
     contrastive_loss: str = "srcl"
     weight_norm: str = "mean"
-    delta: float = 1.0
+    delta: float = 8.0
     removal_threshold: float | None = None
     alpha_start: float = 1.0
     alpha_end: float = 0.0

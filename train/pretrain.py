@@ -53,7 +53,9 @@ class ModelArguments:
     )
     loss: str = field(default="srcl", metadata={"help": "Contrastive loss: 'srcl' (regulated) or 'infonce'."})
     weight_norm: str = field(default="mean", metadata={"help": "Weight normalisation: 'mean' or 'softmax'."})
-    delta: float = field(default=1.0, metadata={"help": "Scaling factor delta of w = Norm(delta / s)."})
+    delta: float = field(
+        default=8.0, metadata={"help": "Scaling factor delta of w = Norm(delta / s); a sharpness with --weight_norm softmax."}
+    )
     removal_threshold: float | None = field(
         default=None, metadata={"help": "Paper sec. 4.3 heuristic: drop negatives whose weight is below this."}
     )
