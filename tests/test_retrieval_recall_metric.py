@@ -282,3 +282,33 @@ def test_fresh_process_without_repo_on_sys_path(tmp_path):
         assert Path(loaded["script"]).is_relative_to(tmp_path / "modules")  # the cached copy was imported
         assert Path(loaded["implementation"]) == ROOT / "train" / "retrieval_metrics.py"
         assert loaded["tr_r1"] == 50.0 and loaded["tr_no_caption"] == 1 and loaded["ir_r1"] == 50.0
+
+
+def test_second_checkout_sharing_the_modules_cache_uses_its_own_implementation(tmp_path):
+    """Two checkouts with the same script share one cached copy, whose record names the first checkout loaded: the
+    second one must still use its own train/retrieval_metrics.py (the path given to evaluate.load decides)."""
+    import shutil
+
+    other = tmp_path / "other_checkout"
+    shutil.copytree(METRIC_DIR, other / "metrics" / "retrieval_recall")
+    (other / "train").mkdir()
+    shutil.copy(ROOT / "train" / "retrieval_metrics.py", other / "train" / "retrieval_metrics.py")
+    script = textwrap.dedent(
+        """
+        import sys
+        import evaluate
+
+        metric = evaluate.load(sys.argv[1])
+        print(sys.modules[type(metric).__module__].implementation.__file__)
+        """
+    )
+    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "SISC_REPO_ROOT")}
+    env |= {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HOME": str(tmp_path / "hf_home"),
+            "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
+    used = []
+    for checkout in (other, ROOT):  # the other checkout fills the shared cache first
+        done = subprocess.run([sys.executable, "-c", script, str(checkout / "metrics" / "retrieval_recall")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        used.append(Path(done.stdout.strip().splitlines()[-1]).resolve())
+    assert used == [(other / "train" / "retrieval_metrics.py").resolve(), ROOT / "train" / "retrieval_metrics.py"]

@@ -10,11 +10,13 @@ implementation. Instead, at import time, the repository root is taken from, in t
 
 1. the ``SISC_REPO_ROOT`` environment variable, when set (explicit: nothing else is tried);
 2. this file's own location, when it is imported in place (``<root>/metrics/retrieval_recall/``);
-3. the original script path that evaluate records next to its cached copy (``retrieval_recall.json``).
+3. the ``path`` given to the ``evaluate.load`` call that is importing this copy (found on the call stack): the
+   checkout the user asked for, even when another checkout with the same script filled the cache first;
+4. the original script path that evaluate records next to its cached copy (``retrieval_recall.json``).
 
 ``<root>/train/retrieval_metrics.py`` is then loaded by file path (nothing is added to ``sys.path``, so an unrelated
 ``train`` package cannot shadow it). The cache copy is keyed by this script's content only: when two checkouts hold
-the same script, the record names the one loaded first; set ``SISC_REPO_ROOT`` to choose.
+the same script, the record names the one loaded first, which is why the caller's path (3) comes before it.
 """
 
 import importlib.util
@@ -45,6 +47,10 @@ def _candidate_roots():
         return [(f"${REPO_ROOT_ENV}", Path(explicit).expanduser())]
     here = Path(__file__).resolve()
     candidates = [("this script's location", _root_of(here))]
+    requested = _path_given_to_evaluate_load()
+    if requested is not None:
+        script = requested if requested.suffix == ".py" else requested / here.name
+        candidates.append(("the path given to evaluate.load", _root_of(script)))
     record = here.with_suffix(".json")
     try:
         original = json.loads(record.read_text(encoding="utf-8")).get(EVALUATE_RECORD_KEY)
@@ -53,6 +59,19 @@ def _candidate_roots():
     if original:
         candidates.append((f"evaluate's record {record}", _root_of(Path(original).resolve())))
     return candidates
+
+
+def _path_given_to_evaluate_load():
+    """The `path` argument of the `evaluate.load` call importing this module, when it names a local path."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "load" and frame.f_globals.get("__name__") == "evaluate.loading":
+            path = frame.f_locals.get("path")
+            if isinstance(path, (str, os.PathLike)) and os.path.exists(path):
+                return Path(path).resolve()
+            return None
+        frame = frame.f_back
+    return None
 
 
 def _load_implementation():
