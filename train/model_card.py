@@ -239,6 +239,19 @@ def _eval_results(
     return results
 
 
+def _objective_text(config: Mapping[str, Any]) -> str:
+    """The losses a model was trained with, from the config's loss weights (a weight of 0 switches a loss off)."""
+    parts = [
+        ("itc_loss_weight", "image-text contrastive loss (ITC, below)"),
+        ("itm_loss_weight", "image-text matching (ITM, with hard negatives sampled from the contrastive similarities)"),
+        ("mlm_loss_weight", "masked language modelling (MLM)"),
+    ]
+    used = [text for key, text in parts if config.get(key, 1.0) != 0]
+    off = [key.split("_")[0].upper() for key, _ in parts if config.get(key, 1.0) == 0]
+    text = " + ".join(used) if used else "not recorded"
+    return text + (f"; {' and '.join(off)} switched off" if off else ", as in ALBEF")
+
+
 def _result_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return [
         (metric_display_name(key), key, f"{value:.2f}" if math.isfinite(value) else "n/a (no query to score)")
@@ -358,6 +371,7 @@ def render_model_card(
         rerank_rows=_result_rows(rerank_metrics or {}),
         rerank_k=rerank_k,
         fine_tuned_for=fine_tuned_for,
+        objective_text=_objective_text(config),
         result_notes=result_notes,
         eval_split=eval_split,
         usage_path=json.dumps(str(repo_id or model_name), ensure_ascii=False),  # a valid Python string literal
