@@ -11,9 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from configuration_sisc import SiscConfig
-from modeling_sisc import SiscForPreTraining, SiscModel
-from processing_sisc import build_default_processor
+from modeling_sisc import SiscModel
 from train.data import load_pairs
 from train.evaluate_retrieval import (
     RetrievalSet,
@@ -24,7 +22,7 @@ from train.evaluate_retrieval import (
     main,
 )
 from train.retrieval_metrics import retrieval_metrics
-from tests.helpers.tiny_data import COLOURS, write_karpathy
+from tests.helpers.tiny_data import COLOURS, save_tiny_checkpoint, write_karpathy
 
 WORKER = os.path.join(os.path.dirname(__file__), "helpers", "evaluate_retrieval_worker.py")
 
@@ -37,13 +35,7 @@ def karpathy(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A random tiny SISC pretraining checkpoint with its processor."""
-    folder = tmp_path_factory.mktemp("ckpt")
-    processor = build_default_processor(image_size=16)
-    config = SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)
-    torch.manual_seed(0)
-    SiscForPreTraining(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

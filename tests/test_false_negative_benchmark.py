@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import false_negatives  # noqa: E402
+from tests.helpers.tiny_data import save_tiny_checkpoint  # noqa: E402
 
 
 def test_summary_statistics_by_hand():
@@ -26,23 +27,9 @@ def test_summary_statistics_by_hand():
     assert table["x"]["weights/std"] == 0.5 and table["x"]["false_negatives/mean_weight"] != table["x"]["false_negatives/mean_weight"]  # NaN: never logged
 
 
-def tiny_checkpoint(folder):
-    import torch
-
-    from configuration_sisc import SiscConfig
-    from modeling_sisc import SiscForPreTraining
-    from processing_sisc import build_default_processor
-
-    processor = build_default_processor(image_size=16)
-    torch.manual_seed(0)
-    SiscForPreTraining(SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
-
-
 def test_toy_benchmark_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "fn"
-    start = tiny_checkpoint(tmp_path / "start")
+    start = str(save_tiny_checkpoint(tmp_path / "start"))
     args = ["--settings", "high", "--seeds", "0", "--objectives", "srcl_teacher_mean", "albef_md", "oracle",
             "--steps", "2", "--warm_start", start, "--teacher", start, "--shapes_num_train", "64", "--batch_size", "16",
             "--data_cache_dir", str(tmp_path / "cache"), "--out", str(out)]

@@ -8,10 +8,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from configuration_sisc import SiscConfig
-from modeling_sisc import SiscForPreTraining
-from processing_sisc import build_default_processor
-from tests.helpers.tiny_data import write_karpathy
+from tests.helpers.tiny_data import save_tiny_checkpoint, write_karpathy
 from train import finetune_retrieval
 
 TINY = ["--per_device_batch_size", "4", "--num_workers", "0", "--report_to", "none", "--warmup_steps", "1",
@@ -25,12 +22,7 @@ def karpathy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pretrained")
-    processor = build_default_processor(image_size=16)
-    torch.manual_seed(0)
-    SiscForPreTraining(SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
 
 
 def finetune(pretrained, karpathy, out, *extra):

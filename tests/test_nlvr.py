@@ -12,11 +12,11 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscForVisualReasoning
 from processing_sisc import build_default_processor
 from train import evaluate_nlvr, finetune_nlvr
 from train.evaluate_nlvr import label_value, usable_rows
+from tests.helpers.tiny_data import save_tiny_checkpoint
 from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
 
 
@@ -26,12 +26,8 @@ def processor():
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, processor):
-    folder = tmp_path_factory.mktemp("pretrained")
-    torch.manual_seed(0)
-    SiscForPreTraining(SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def pretrained(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
 
 
 def _batch(processor):

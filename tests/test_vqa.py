@@ -15,6 +15,7 @@ from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscForQuestionAnswering
 from processing_sisc import build_default_processor
 from train import evaluate_vqa, finetune_vqa
+from tests.helpers.tiny_data import save_tiny_checkpoint
 from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
 from train.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, vqa_score, write_results
 
@@ -56,12 +57,8 @@ def processor():
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, processor):
-    folder = tmp_path_factory.mktemp("pretrained")
-    torch.manual_seed(0)
-    SiscForPreTraining(SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def pretrained(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
 
 
 def _inputs(processor, n=3):

@@ -21,3 +21,19 @@ def write_karpathy(folder, splits=("train",) * 8 + ("restval",) * 2 + ("val",) *
     path = folder / "dataset_tiny.json"
     path.write_text(json.dumps({"dataset": "tiny", "images": entries}))
     return path
+
+
+def save_tiny_checkpoint(folder):
+    """A random-weight SISC pretraining checkpoint (16 px images, hidden 32, seed 0) with its processor; returns
+    the folder."""
+    import torch
+
+    from configuration_sisc import SiscConfig
+    from modeling_sisc import SiscForPreTraining
+    from processing_sisc import build_default_processor
+
+    processor = build_default_processor(image_size=16)
+    torch.manual_seed(0)
+    SiscForPreTraining(SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
