@@ -241,8 +241,9 @@ def load_pairs_from_split(split, streaming: bool):
     return ds.to_iterable_dataset() if streaming else ds
 
 
-def param_groups(model: SiscForPreTraining, args: PretrainArguments):
-    """AdamW groups: vision tower vs the rest (separate learning rates, as in the paper); no decay on norms/biases."""
+def param_groups(model, learning_rate: float, vision_learning_rate: float, weight_decay: float) -> list[dict]:
+    """AdamW groups of any SISC model: vision tower vs the rest (separate learning rates, as in the paper); no decay
+    on norms and biases. Shared by every trainer."""
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -251,8 +252,8 @@ def param_groups(model: SiscForPreTraining, args: PretrainArguments):
         no_decay = param.dim() < 2 or "LayerNorm" in name or "layernorm" in name
         key = (vision, no_decay)
         if key not in groups:
-            lr = (args.vision_learning_rate or args.learning_rate) if vision else args.learning_rate
-            groups[key] = {"params": [], "lr": lr, "weight_decay": 0.0 if no_decay else args.weight_decay}
+            lr = vision_learning_rate if vision else learning_rate
+            groups[key] = {"params": [], "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay}
         groups[key]["params"].append(param)
     return list(groups.values())
 
@@ -426,7 +427,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         total_steps = args.max_steps or steps_per_epoch * args.num_epochs
     model = build_model(model_args, processor, total_steps)
 
-    optimizer = torch.optim.AdamW(param_groups(model, args))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, args.learning_rate, args.vision_learning_rate or args.learning_rate, args.weight_decay)
+    )
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 

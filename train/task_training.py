@@ -95,25 +95,6 @@ def limit(split, n: int | None):
     return split if n is None or n >= len(split) else split.select(range(n))
 
 
-def param_groups(model, args: TaskTrainingArguments) -> list[dict]:
-    vision_lr = args.vision_learning_rate if args.vision_learning_rate is not None else args.learning_rate / 4
-    groups = {"vision": ([], []), "rest": ([], [])}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        kind = "vision" if name.startswith("sisc.vision_model.") else "rest"
-        no_decay = parameter.dim() < 2 or "LayerNorm" in name or "layernorm" in name
-        groups[kind][1 if no_decay else 0].append(parameter)
-    result = []
-    for kind, lr in (("vision", vision_lr), ("rest", args.learning_rate)):
-        decay, no_decay = groups[kind]
-        result += [
-            {"params": decay, "lr": lr, "weight_decay": args.weight_decay},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-        ]
-    return [g for g in result if g["params"]]
-
-
 def fine_tune(model, train_rows, collate, args: TaskTrainingArguments, *, validate=None, metric: str, log_prefix: str) -> dict:
     """Train `model` on `train_rows` (a datasets split) with `collate` (rows -> model kwargs incl. the loss target).
 
@@ -131,7 +112,10 @@ def fine_tune(model, train_rows, collate, args: TaskTrainingArguments, *, valida
     total_steps = steps_per_epoch * args.num_epochs
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, args))
+    from train.pretrain import param_groups
+
+    vision_lr = args.vision_learning_rate if args.vision_learning_rate is not None else args.learning_rate / 4
+    optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, vision_lr, args.weight_decay))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max(total_steps - 1, 0)), max(total_steps, 1))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     history, best, best_state = [], None, None
