@@ -143,9 +143,6 @@ def evaluate_start_points(args, start: dict[str, str], setting: str) -> dict[str
         if not os.path.exists(path):
             evaluate(["--model", start[kind], "--shapes_preset", setting, "--rerank_k", "0", "--output_json", path,
                       "--data_cache_dir", args.data_cache_dir])
-            from accelerate.state import AcceleratorState
-
-            AcceleratorState._reset_state(reset_partial_state=True)
         with open(path) as handle:
             metrics[kind] = json.load(handle)["results"]["itc"]
     return metrics

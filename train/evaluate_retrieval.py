@@ -337,6 +337,15 @@ def default_output_path(args: EvaluationArguments) -> str:
 
 
 def main(argv=None) -> dict:
+    from train.pretrain import reset_accelerate_state
+
+    try:
+        return evaluate_from_command_line(argv)
+    finally:
+        reset_accelerate_state()
+
+
+def evaluate_from_command_line(argv) -> dict:
     from accelerate import Accelerator
     from transformers import AutoProcessor, HfArgumentParser
 

@@ -336,12 +336,16 @@ def main(argv=None, defaults: dict | None = None, fine_tuned_for: str | None = N
     try:
         return run(*parse_args(argv, defaults), fine_tuned_for=fine_tuned_for)
     finally:
-        # Accelerate's process state is a singleton: reset it so that main() can run again in this process with
-        # other settings (tests, benchmarks comparing objectives).
-        from accelerate.state import AcceleratorState, GradientState
+        reset_accelerate_state()
 
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+
+def reset_accelerate_state() -> None:
+    """Accelerate's process state is a singleton: every script's main() resets it on the way out, so that another
+    main() can run in this process with other settings (tests, benchmarks comparing objectives)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArguments, fine_tuned_for: str | None = None) -> dict:
