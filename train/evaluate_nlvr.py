@@ -102,17 +102,6 @@ def majority_baseline(train_split, eval_split, columns=None) -> dict:
     return {"majority_label": majority, "majority_accuracy": 100.0 * sum(g == majority for g in gold) / max(len(gold), 1)}
 
 
-def load_nlvr_data(dataset: str, cache_dir: str = "data_cache/shapes", num_train: int | None = None):
-    if dataset == "shapes":
-        from train.shapes_tasks import ShapesTaskConfig, load_shapes_nlvr
-
-        config = ShapesTaskConfig(**({"num_train": num_train} if num_train is not None else {"num_train": 8000}))
-        return load_shapes_nlvr(config, cache_dir)
-    from train.task_training import load_hub_or_disk_dataset
-
-    return load_hub_or_disk_dataset(dataset)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True)
@@ -126,11 +115,11 @@ def main(argv=None) -> dict:
 
     from transformers import AutoModelForSequenceClassification
 
-    from train.task_training import load_processor
+    from train.task_training import load_processor, load_task_data
 
     model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     processor = load_processor(args.model_name_or_path)
-    data = load_nlvr_data(args.dataset, args.data_cache_dir, args.shapes_num_train)
+    data = load_task_data("nlvr", args.dataset, args.data_cache_dir, args.shapes_num_train)
     results = {}
     for name in args.splits:
         results[name] = evaluate_nlvr(model, processor, data[name], args.batch_size)

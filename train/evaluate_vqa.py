@@ -89,17 +89,6 @@ def majority_baselines(train_split, eval_split, official: bool = False, columns=
     return result
 
 
-def load_vqa_data(dataset: str, cache_dir: str = "data_cache/shapes", num_train: int | None = None):
-    if dataset == "shapes":
-        from train.shapes_tasks import ShapesTaskConfig, load_shapes_vqa
-
-        config = ShapesTaskConfig(**({"num_train": num_train} if num_train is not None else {}))
-        return load_shapes_vqa(config, cache_dir)
-    from train.task_training import load_hub_or_disk_dataset
-
-    return load_hub_or_disk_dataset(dataset)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True)
@@ -117,11 +106,11 @@ def main(argv=None) -> dict:
 
     from transformers import AutoModelForVisualQuestionAnswering
 
-    from train.task_training import limit, load_processor
+    from train.task_training import limit, load_processor, load_task_data
 
     model = AutoModelForVisualQuestionAnswering.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     processor = load_processor(args.model_name_or_path)
-    data = load_vqa_data(args.dataset, args.data_cache_dir, args.shapes_num_train)
+    data = load_task_data("vqa", args.dataset, args.data_cache_dir, args.shapes_num_train)
     split = limit(data[args.split], args.max_samples)
     output_file = args.output_file or os.path.join(args.model_name_or_path, f"predictions_{args.split}.json")
     metrics = evaluate_vqa(model, processor, split, args.batch_size, args.k_test, args.official, output_file)

@@ -23,8 +23,16 @@ if ROOT not in sys.path:
 from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sisc import SiscForVisualReasoning  # noqa: E402
-from train.evaluate_nlvr import NlvrCollator, evaluate_nlvr, load_nlvr_data, majority_baseline, usable_rows  # noqa: E402
-from train.task_training import TaskTrainingArguments, check_common_args, fine_tune, limit, load_processor, save_and_report  # noqa: E402
+from train.evaluate_nlvr import NlvrCollator, evaluate_nlvr, majority_baseline, usable_rows  # noqa: E402
+from train.task_training import (  # noqa: E402
+    TaskTrainingArguments,
+    check_common_args,
+    fine_tune,
+    limit,
+    load_processor,
+    load_task_data,
+    save_and_report,
+)
 
 
 def main(argv=None) -> dict:
@@ -33,7 +41,7 @@ def main(argv=None) -> dict:
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     check_common_args(args, "finetune_nlvr.py")
     processor = load_processor(args.model_name_or_path)
-    data = load_nlvr_data(args.dataset, args.data_cache_dir, args.shapes_num_train)
+    data = load_task_data("nlvr", args.dataset, args.data_cache_dir, args.shapes_num_train)
     train_split = limit(data[args.train_split], args.max_train_samples)
     keep, skipped = usable_rows(train_split)
     if skipped:

@@ -33,8 +33,16 @@ import torch  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sisc import SiscForQuestionAnswering  # noqa: E402
-from train.evaluate_vqa import COLUMNS, _rgb, evaluate_vqa, load_vqa_data, majority_baselines  # noqa: E402
-from train.task_training import TaskTrainingArguments, check_common_args, fine_tune, limit, load_processor, save_and_report  # noqa: E402
+from train.evaluate_vqa import COLUMNS, _rgb, evaluate_vqa, majority_baselines  # noqa: E402
+from train.task_training import (  # noqa: E402
+    TaskTrainingArguments,
+    check_common_args,
+    fine_tune,
+    limit,
+    load_processor,
+    load_task_data,
+    save_and_report,
+)
 from train.vqa_metrics import normalize_answer, soft_targets  # noqa: E402
 
 
@@ -98,7 +106,7 @@ def main(argv=None) -> dict:
     args, vqa_args = parser.parse_args_into_dataclasses(args=argv)
     check_common_args(args, "finetune_vqa.py")
     processor = load_processor(args.model_name_or_path)
-    data = load_vqa_data(args.dataset, args.data_cache_dir, args.shapes_num_train)
+    data = load_task_data("vqa", args.dataset, args.data_cache_dir, args.shapes_num_train)
     train_split = limit(data[args.train_split], args.max_train_samples)
     answers = build_answer_list(train_split, vqa_args)
     keep = valid_rows(train_split, answers)

@@ -83,12 +83,24 @@ def load_processor(path: str):
         return build_default_processor()
 
 
-def load_hub_or_disk_dataset(name: str):
+# rows of the embedded task data when --shapes_num_train is not given (the ShapesTaskConfig default otherwise)
+SHAPES_TASK_NUM_TRAIN = {"vqa": None, "nlvr": 8000}
+
+
+def load_task_data(task: str, dataset: str, cache_dir: str = "data_cache/shapes", num_train: int | None = None):
+    """The DatasetDict of `task` ("vqa" / "nlvr"): the embedded shapes task data, a saved dataset folder, or a Hub
+    dataset."""
     import datasets
 
-    if os.path.isdir(name):
-        return datasets.load_from_disk(name)
-    return datasets.load_dataset(name)
+    if dataset == "shapes":
+        from train.shapes_tasks import ShapesTaskConfig, load_task_dataset
+
+        num_train = num_train if num_train is not None else SHAPES_TASK_NUM_TRAIN[task]
+        config = ShapesTaskConfig(**({"num_train": num_train} if num_train is not None else {}))
+        return load_task_dataset(task, config, cache_dir)
+    if os.path.isdir(dataset):
+        return datasets.load_from_disk(dataset)
+    return datasets.load_dataset(dataset)
 
 
 def limit(split, n: int | None):
