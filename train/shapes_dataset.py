@@ -770,24 +770,36 @@ def _write_meta(path: str, config: ShapesConfig, sizes: dict[str, int], seconds:
 def load_shapes_dataset(config: ShapesConfig | None = None, cache_dir: str = "data_cache/shapes"):
     """The dataset for `config`: loaded from `<cache_dir>/shapes-<fingerprint>` if it was built before, otherwise
     built, saved there (atomically: written to a temporary folder, then renamed) and returned."""
-    import datasets
-
     config = config or ShapesConfig()
     config.validate()
-    path = shapes_cache_path(config, cache_dir)
+    return load_or_build(
+        shapes_cache_path(config, cache_dir),
+        lambda: build_shapes_dataset(config),
+        f"dataset (fingerprint {shapes_fingerprint(config)})",
+        write_meta=lambda tmp, dataset, seconds: _write_meta(tmp, config, {k: len(v) for k, v in dataset.items()}, seconds),
+    )
+
+
+def load_or_build(path: str, build, what: str, write_meta=None):
+    """`datasets.load_from_disk(path)`, after building the DatasetDict with `build()` and saving it there when it is
+    not cached yet. Saved atomically (a temporary folder, then a rename), so concurrent processes never read half a
+    dataset; `write_meta(tmp_folder, dataset, seconds)` adds files beside it before the rename."""
+    import datasets
+
     if os.path.exists(os.path.join(path, "dataset_dict.json")):
         print(f"[shapes] loading cached dataset {path}", file=sys.stderr, flush=True)
         logger.info("loading cached shapes dataset from %s", path)
         return datasets.load_from_disk(path)
-    print(f"[shapes] building dataset {path} (fingerprint {shapes_fingerprint(config)})", file=sys.stderr, flush=True)
-    logger.info("building shapes dataset into %s", path)
+    print(f"[shapes] building {what} into {path}", file=sys.stderr, flush=True)
+    logger.info("building shapes %s into %s", what, path)
     start = time.perf_counter()
-    dataset = build_shapes_dataset(config)
+    dataset = build()
     seconds = time.perf_counter() - start
-    os.makedirs(cache_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
     dataset.save_to_disk(tmp)
-    _write_meta(tmp, config, {k: len(v) for k, v in dataset.items()}, seconds)
+    if write_meta is not None:
+        write_meta(tmp, dataset, seconds)
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished first: keep its copy

@@ -39,9 +39,7 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -57,6 +55,7 @@ from train.shapes_dataset import (  # noqa: E402
     _plural,
     _png_bytes,
     _random_content,
+    load_or_build,
     render_scene,
     scene_to_json,
 )
@@ -356,27 +355,9 @@ def build_task_dataset(task: str, config: ShapesTaskConfig | None = None):
 
 def load_task_dataset(task: str, config: ShapesTaskConfig | None = None, cache_dir: str = "data_cache/shapes"):
     """Load `task`'s dataset from `<cache_dir>/shapes-<task>-<fingerprint>`, building and saving it the first time."""
-    import datasets
-
     config = config or ShapesTaskConfig()
     path = os.path.join(cache_dir, f"shapes-{task}-{task_fingerprint(task, config)}")
-    if os.path.exists(os.path.join(path, "dataset_dict.json")):
-        return datasets.load_from_disk(path)
-    print(f"[shapes] building {task} dataset {path}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    dataset = build_task_dataset(task, config)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
-    dataset.save_to_disk(tmp)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(
-        f"[shapes] built in {time.perf_counter() - start:.1f}s: " + ", ".join(f"{k} {len(v)} rows" for k, v in dataset.items()),
-        file=sys.stderr, flush=True,
-    )
-    return datasets.load_from_disk(path)
+    return load_or_build(path, lambda: build_task_dataset(task, config), f"{task} dataset")
 
 
 def load_shapes_vqa(config: ShapesTaskConfig | None = None, cache_dir: str = "data_cache/shapes"):
