@@ -71,8 +71,9 @@ def _percent_hits(rank: torch.Tensor, valid: torch.Tensor, ks: Sequence[int]) ->
     return {k: 100.0 * int(((rank < k) & valid).sum()) / n_valid for k in ks}
 
 
-def _standard_ranks(sim: torch.Tensor, owner: torch.Tensor, chunk_elements: int):
-    """0-based pessimistic rank of the first correct item per query, for TR (per image) and IR (per caption).
+def _standard_ranks(sim: torch.Tensor, ir_sim: torch.Tensor, owner: torch.Tensor, chunk_elements: int):
+    """0-based pessimistic rank of the first correct item per query, for TR (per image, ranked by `sim`) and IR (per
+    caption, ranked by `ir_sim`; the same tensor unless re-ranking scored the two directions differently).
 
     IR: caption c's own image scores s_c = sim[owner[c], c]; its rank is #{images scoring >= s_c} - 1.
     TR: image i's best own caption scores b_i = max of s_c over its captions; its rank is
@@ -80,13 +81,15 @@ def _standard_ranks(sim: torch.Tensor, owner: torch.Tensor, chunk_elements: int)
     """
     n_images, n_captions = sim.shape
     device = sim.device
-    own_score = sim[owner, torch.arange(n_captions, device=device)]
+    captions = torch.arange(n_captions, device=device)
+    own_score = sim[owner, captions]
+    own_ir_score = ir_sim[owner, captions]
 
     ir_rank = torch.empty(n_captions, dtype=torch.long, device=device)
     step = _chunk_rows(n_images, chunk_elements)
     for start in range(0, n_captions, step):
-        block = sim[:, start : start + step]  # (n_images, chunk)
-        ir_rank[start : start + step] = (block >= own_score[start : start + step]).sum(0) - 1
+        block = ir_sim[:, start : start + step]  # (n_images, chunk)
+        ir_rank[start : start + step] = (block >= own_ir_score[start : start + step]).sum(0) - 1
 
     has_caption = torch.bincount(owner, minlength=n_images) > 0
     best = torch.full((n_images,), -math.inf, dtype=sim.dtype, device=device)
@@ -179,19 +182,14 @@ def retrieval_metrics(
             integral, or with an index outside [0, n_images); relevance of the wrong shape or not marking a
             caption's own image; invalid ks.
     """
-    if image_retrieval_similarity is not None:
-        ir_sim = _as_similarity(image_retrieval_similarity)
-        if ir_sim.shape != _as_similarity(similarity).shape:
-            raise ValueError(
-                f"image_retrieval_similarity has shape {tuple(ir_sim.shape)}, similarity has "
-                f"{tuple(_as_similarity(similarity).shape)}"
-            )
-        text_side = retrieval_metrics(similarity, caption_to_image, relevance, ks, chunk_elements=chunk_elements)
-        image_side = retrieval_metrics(ir_sim, caption_to_image, relevance, ks, chunk_elements=chunk_elements)
-        merged = {key: (image_side if key.startswith("ir_") else text_side)[key] for key in text_side}
-        merged["r_mean"] = float(np.mean([merged[f"{d}_r{k}"] for d in ("tr", "ir") for k in _as_ks(ks)]))
-        return merged
     sim = _as_similarity(similarity)
+    ir_sim = sim
+    if image_retrieval_similarity is not None:
+        ir_sim = _as_similarity(image_retrieval_similarity).to(sim.device)
+        if ir_sim.shape != sim.shape:
+            raise ValueError(
+                f"image_retrieval_similarity has shape {tuple(ir_sim.shape)}, similarity has {tuple(sim.shape)}"
+            )
     ks = _as_ks(ks)
     n_images, n_captions = sim.shape
     device = sim.device
@@ -212,7 +210,7 @@ def retrieval_metrics(
             f"caption_to_image[{bad}] = {int(owner[bad])} is outside [0, {n_images}) (similarity has {n_images} image rows)"
         )
 
-    tr_rank, has_caption, ir_rank = _standard_ranks(sim, owner, chunk_elements)
+    tr_rank, has_caption, ir_rank = _standard_ranks(sim, ir_sim, owner, chunk_elements)
     tr = _percent_hits(tr_rank, has_caption, ks)
     ir = _percent_hits(ir_rank, torch.ones_like(ir_rank, dtype=torch.bool), ks)
     metrics: dict[str, float] = {f"tr_r{k}": tr[k] for k in ks}
@@ -236,7 +234,7 @@ def retrieval_metrics(
                 f"relevance[{bad}, {int(owner[bad])}] is False: relevance must mark every caption's own image "
                 f"(caption_to_image) as relevant"
             )
-        for name, scores, relevant in (("tr", sim, rel.t()), ("ir", sim.t(), rel)):
+        for name, scores, relevant in (("tr", sim, rel.t()), ("ir", ir_sim.t(), rel)):
             counts, first, ap = _relevance_ranking(scores, relevant, ks, chunk_elements)
             valid = counts > 0
             n_valid = int(valid.sum())
