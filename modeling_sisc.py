@@ -1641,18 +1641,17 @@ class SiscForVisualReasoning(_SiscTaskModel):
         for layer, second in zip(self.sisc.fusion_model.layer, self.second_crossattention):
             second.load_state_dict(layer.crossattention.state_dict())
 
-    def forward(
+    def fuse(
         self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None,
+        pixel_values: torch.FloatTensor | None,
         pixel_values_2: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SiscVisualReasoningOutput | tuple:
+    ) -> torch.Tensor:
+        """The sentence fused with both images: the last fusion layer's hidden states (batch, tokens, hidden); the
+        [CLS] row feeds the reasoning head (and the text-assignment head of `train/text_assignment.py`)."""
         if input_ids is None:
             raise ValueError("SiscForVisualReasoning needs input_ids (the sentence)")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 5:
@@ -1687,6 +1686,22 @@ class SiscForVisualReasoning(_SiscTaskModel):
             second_branch, _ = second(hidden_states, None, right)
             hidden_states = merge(torch.cat([first_branch, second_branch], dim=-1))
             hidden_states = layer.output(layer.intermediate(hidden_states), hidden_states)
+        return hidden_states
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_2: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SiscVisualReasoningOutput | tuple:
+        hidden_states = self.fuse(input_ids, pixel_values, pixel_values_2, attention_mask, token_type_ids, interpolate_pos_encoding)
+        batch = hidden_states.shape[0]
         logits = self.reasoning_head(hidden_states[:, 0])
         loss = None
         if labels is not None:

@@ -49,6 +49,11 @@ def usable_rows(split, columns=None) -> tuple[list[int], int]:
 
 
 class NlvrCollator:
+    """Rows (sentence, two images, label) -> `SiscForVisualReasoning` inputs; `read_label` turns a row's label into
+    the class index (None = unreadable, then the batch has no labels)."""
+
+    read_label = staticmethod(label_value)
+
     def __init__(self, processor, columns=None):
         self.processor = processor
         self.columns = {**COLUMNS, **(columns or {})}
@@ -63,7 +68,7 @@ class NlvrCollator:
         images = [SiscModel._load_image(r[c["left_image"]]) for r in rows] + [SiscModel._load_image(r[c["right_image"]]) for r in rows]
         inputs = self.processor(text=[r[c["sentence"]] for r in rows], images=images, return_tensors="pt")
         n = len(rows)
-        labels = [label_value(r[c["label"]]) for r in rows]
+        labels = [self.read_label(r[c["label"]]) for r in rows]
         batch = {
             "input_ids": inputs["input_ids"],
             "attention_mask": inputs["attention_mask"],

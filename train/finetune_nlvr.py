@@ -24,6 +24,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sisc import SiscForVisualReasoning  # noqa: E402
 from train.evaluate_nlvr import NlvrCollator, evaluate_nlvr, majority_baseline, usable_rows  # noqa: E402
+from train.text_assignment import TextAssignmentArguments, run_text_assignment  # noqa: E402
 from train.task_training import (  # noqa: E402
     TaskTrainingArguments,
     check_common_args,
@@ -36,9 +37,9 @@ from train.task_training import (  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    parser = HfArgumentParser((TaskTrainingArguments,))
+    parser = HfArgumentParser((TaskTrainingArguments, TextAssignmentArguments))
     parser.set_defaults(output_dir="outputs/sisc-small-nlvr", validation_split="dev", num_epochs=3)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    args, ta_args = parser.parse_args_into_dataclasses(args=argv)
     check_common_args(args, "finetune_nlvr.py")
     processor = load_processor(args.model_name_or_path)
     data = load_task_data("nlvr", args.dataset, args.data_cache_dir, args.shapes_num_train)
@@ -50,12 +51,13 @@ def main(argv=None) -> dict:
         raise ValueError("no usable training row (sentence, two images, label)")
     train_rows = train_split.select(keep)
     model = SiscForVisualReasoning.from_pretrained(args.model_name_or_path)
+    text_assignment = run_text_assignment(model, processor, args, ta_args) if ta_args.text_assignment_examples > 0 else None
 
     dev = limit(data[args.validation_split], args.max_eval_samples) if args.validation_split else None
     validate = (lambda m: evaluate_nlvr(m, processor, dev, args.eval_batch_size)) if dev is not None else None
     result = fine_tune(model, train_rows, NlvrCollator(processor), args, validate=validate, metric="accuracy", log_prefix="nlvr")
     model, accelerator = result.pop("model"), result.pop("accelerator")
-    summary = {**result, "skipped_train_rows": skipped, "train_examples": len(train_rows), "metrics": {}}
+    summary = {**result, "text_assignment": text_assignment, "skipped_train_rows": skipped, "train_examples": len(train_rows), "metrics": {}}
     if accelerator.is_main_process:
         for name in dict.fromkeys(s for s in (args.validation_split, args.eval_split) if s):
             split = limit(data[name], args.max_eval_samples)

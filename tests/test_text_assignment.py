@@ -1,0 +1,136 @@
+"""ALBEF's text-assignment step before NLVR fine-tuning (train/text_assignment.py)."""
+
+import json
+
+import datasets
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_sisc import SiscForVisualReasoning
+from processing_sisc import build_default_processor
+from tests.helpers.tiny_data import save_tiny_checkpoint
+from train import finetune_nlvr
+from train.shapes_dataset import ShapesConfig, build_shapes_dataset, caption_matches
+from train.text_assignment import (
+    TextAssignmentCollator,
+    TextAssignmentModel,
+    caption_pairs,
+    text_assignment_rows,
+)
+
+TINY_SHAPES = ShapesConfig(image_size=16, num_train=60, num_annotated=2, num_test=2, num_validation=2)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_default_processor(image_size=16)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
+
+
+@pytest.fixture(scope="module")
+def caption_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("captions")
+    build_shapes_dataset(TINY_SHAPES).save_to_disk(folder)
+    return folder
+
+
+def _scene_of_image(pairs):
+    """PNG bytes -> scene JSON (every rendered image differs by its jitter)."""
+    return {row["image"]["bytes"]: row["scene"] for row in pairs}
+
+
+def test_rows_have_balanced_labels_and_exact_negatives(caption_folder):
+    pairs = caption_pairs(str(caption_folder))
+    rows = text_assignment_rows(pairs, 30, seed=1)
+    assert rows.column_names == ["sentence", "left_image", "right_image", "label"]
+    assert rows["label"] == [0, 1, 2] * 10
+    scene_of = _scene_of_image(pairs)
+    facts_of = dict(zip(pairs["caption"], pairs["caption_facts"]))
+    raw = rows.cast_column("left_image", datasets.Image(decode=False)).cast_column("right_image", datasets.Image(decode=False))
+    for row in raw:
+        facts = facts_of[row["sentence"]]
+        left = caption_matches(facts, scene_of[row["left_image"]["bytes"]])
+        right = caption_matches(facts, scene_of[row["right_image"]["bytes"]])
+        assert (left, right) == {0: (True, False), 1: (False, True), 2: (False, False)}[row["label"]], row
+    # deterministic for a seed
+    assert text_assignment_rows(pairs, 30, seed=1)["sentence"] == rows["sentence"]
+
+
+def test_hard_negatives_share_more_colours_and_shapes(caption_folder):
+    from train.text_assignment import _attributes
+
+    pairs = caption_pairs(str(caption_folder))
+    scene_of = _scene_of_image(pairs)
+    owner_scene = dict(zip(pairs["caption"], pairs["scene"]))
+
+    def mean_overlap(hard_candidates):
+        rows = text_assignment_rows(pairs, 60, seed=3, hard_candidates=hard_candidates)
+        raw = rows.cast_column("left_image", datasets.Image(decode=False)).cast_column("right_image", datasets.Image(decode=False))
+        overlaps = []
+        for row in raw:
+            negatives = {0: ["right_image"], 1: ["left_image"], 2: ["left_image", "right_image"]}[row["label"]]
+            own = _attributes(owner_scene[row["sentence"]])
+            overlaps += [len(own & _attributes(scene_of[row[side]["bytes"]])) for side in negatives]
+        return sum(overlaps) / len(overlaps)
+
+    assert mean_overlap(8) > mean_overlap(1) + 0.5
+
+
+def test_rows_without_scenes_use_other_images_and_reject_tiny_data(caption_folder):
+    pairs = caption_pairs(str(caption_folder)).remove_columns(["scene", "caption_facts"])
+    rows = text_assignment_rows(pairs, 9, seed=0)
+    raw = rows.cast_column("left_image", datasets.Image(decode=False)).cast_column("right_image", datasets.Image(decode=False))
+    id_of = {row["image"]["bytes"]: row["image_id"] for row in pairs}
+    id_of_caption = dict(zip(pairs["caption"], pairs["image_id"]))
+    for row in raw:
+        ids = id_of[row["left_image"]["bytes"]], id_of[row["right_image"]["bytes"]]
+        owner = id_of_caption[row["sentence"]]
+        assert ids[0] != ids[1]
+        assert [i == owner for i in ids] == {0: [True, False], 1: [False, True], 2: [False, False]}[row["label"]]
+    two_images = pairs.filter(lambda r: r["image_id"] < 2)
+    with pytest.raises(ValueError, match="at least 3 different images"):
+        text_assignment_rows(two_images, 3)
+
+
+def test_head_sits_on_the_fused_cls_of_the_reasoning_model(pretrained, processor, caption_folder):
+    model = SiscForVisualReasoning.from_pretrained(pretrained).eval()
+    wrapper = TextAssignmentModel(model)
+    rows = text_assignment_rows(caption_pairs(str(caption_folder)), 6)
+    batch = TextAssignmentCollator(processor)([rows[i] for i in range(6)])
+    assert batch["labels"].tolist() == [0, 1, 2, 0, 1, 2]
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        fused = model.fuse(**batch)
+        out = wrapper(labels=labels, **batch)
+        assert torch.allclose(out.logits, wrapper.head(fused[:, 0]))
+        assert torch.allclose(out.loss, F.cross_entropy(out.logits, labels))
+        # the reasoning head reads the same fused [CLS]
+        assert torch.allclose(model(**batch).logits, model.reasoning_head(fused[:, 0]))
+    # the TA head is not part of the reasoning model's checkpoint
+    assert not any(k.startswith("head") for k in model.state_dict())
+
+
+def test_finetune_nlvr_runs_the_text_assignment_step_first(pretrained, caption_folder, tmp_path):
+    from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
+
+    nlvr = tmp_path / "nlvr"
+    build_task_dataset("nlvr", ShapesTaskConfig(image_size=16, num_train=8, num_validation=4, num_test=4)).save_to_disk(nlvr)
+    out = tmp_path / "model"
+    summary = finetune_nlvr.main([
+        "--model_name_or_path", str(pretrained), "--dataset", str(nlvr), "--output_dir", str(out),
+        "--per_device_batch_size", "4", "--num_epochs", "1", "--warmup_steps", "1",
+        "--text_assignment_examples", "8", "--text_assignment_data", str(caption_folder),
+    ])
+    ta = summary["text_assignment"]
+    assert ta["examples"] == 8 and ta["global_step"] == 2 and ta["data"] == str(caption_folder)
+    # 3 of the 60 images (ids 0, 20, 40) are held out and give the step's accuracy
+    assert 0.0 <= ta["validation_history"][0]["accuracy"] <= 100.0 and ta["validation_history"][0]["epoch"] == 1
+    assert summary["global_step"] == 2
+    assert json.loads((out / "results.json").read_text())["text_assignment"]["examples"] == 8
+    reloaded = SiscForVisualReasoning.from_pretrained(out)
+    assert not any(k.startswith("head.") for k in reloaded.state_dict())

@@ -1,0 +1,214 @@
+"""ALBEF's text-assignment (TA) step, which prepares a `SiscForVisualReasoning` model for two images before NLVR2
+fine-tuning: given a caption and two images, say whether the caption belongs to the first image, the second, or
+neither (a 3-way head on the fused [CLS], thrown away afterwards).
+
+The fresh model has two identical cross-attention branches merged by an average, so it cannot yet tell the left
+image from the right one; TA teaches the branches and the merge to keep them apart, and the fusion layers to
+ground a sentence in one image. ALBEF runs it for one epoch over its pretraining images; here it runs on an
+image-caption dataset (by default the embedded shapes captions of the pretraining job). `finetune_nlvr.py` calls
+`run_text_assignment` when `--text_assignment_examples` > 0.
+
+Negatives: with shapes data (`scene` / `caption_facts` columns) an image is used as "not this caption's" only if the
+caption is false of it (exact relevance); other data falls back to any other image (as ALBEF: a false negative now
+and then).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from train.evaluate_nlvr import NlvrCollator
+
+TEXT_ASSIGNMENT_LABELS = ("first image", "second image", "neither")
+
+
+@dataclass
+class TextAssignmentArguments:
+    text_assignment_examples: int = field(
+        default=0, metadata={"help": "Examples of the text-assignment step before NLVR fine-tuning (0 = no TA step)."}
+    )
+    text_assignment_data: str = field(
+        default="shapes",
+        metadata={"help": "Image-caption data of the TA step: 'shapes' (the embedded captions) or anything "
+                          "train/data.py reads (a saved dataset folder, imagefolder, jsonl/csv/parquet, Karpathy JSON)."},
+    )
+    text_assignment_hard_candidates: int = field(
+        default=1,
+        metadata={"help": "Shapes data: pick each negative image as the most similar (shared colours and shapes) of this "
+                          "many draws (1 = random negatives)."},
+    )
+    text_assignment_epochs: int = 1
+    text_assignment_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the TA step (default: the fine-tuning learning rate)."}
+    )
+
+
+def caption_pairs(source: str, cache_dir: str = "data_cache/shapes"):
+    """The train split of an image-caption dataset, images left undecoded."""
+    import datasets
+
+    if source == "shapes":
+        from train.shapes_dataset import load_shapes_dataset
+
+        pairs = load_shapes_dataset(cache_dir=cache_dir)["train"]
+        return pairs.cast_column("image", datasets.Image(decode=False))
+    from train.data import load_pairs
+
+    return load_pairs(source, "train")
+
+
+@functools.lru_cache(maxsize=None)
+def _attributes(scene_json: str) -> frozenset:
+    """The colours and shapes of a scene."""
+    objects = json.loads(scene_json)["objects"]
+    return frozenset({("color", o["color"]) for o in objects} | {("shape", o["shape"]) for o in objects})
+
+
+def text_assignment_rows(pairs, num_examples: int, seed: int = 0, hard_candidates: int = 1):
+    """A `datasets.Dataset` in the NLVR2 layout (`sentence`, `left_image`, `right_image`, `label`) with labels 0 (the
+    caption belongs to the left image), 1 (to the right image) and 2 (to neither), in equal shares. `pairs`: rows with
+    `image`, `caption`, `image_id` (and, for exact negatives, `scene` / `caption_facts`).
+
+    `hard_candidates` > 1 (shapes data only): each negative image is the one of that many valid draws that shares the
+    most colours and shapes with the caption's own image, so that colour alone cannot tell them apart."""
+    import datasets
+
+    from train.shapes_dataset import caption_matches
+
+    if len(pairs) < 3:
+        raise ValueError(f"the text-assignment step needs at least 3 image-caption rows, got {len(pairs)}")
+    # plain lists: indexing a lazy datasets Column queries the Arrow table on every access
+    image_ids = list(pairs["image_id"])
+    if len(set(image_ids)) < 3:
+        raise ValueError("the text-assignment step needs captions of at least 3 different images")
+    exact = {"scene", "caption_facts"} <= set(pairs.column_names)
+    scenes = list(pairs["scene"]) if exact else None
+    facts = list(pairs["caption_facts"]) if exact else None
+    captions, images = list(pairs["caption"]), list(pairs["image"])
+    rng = random.Random(seed)
+
+    def other_image(index: int, exclude: set) -> int:
+        """A row whose image is not `index`'s, not in `exclude`, and (shapes data) of which the caption is false."""
+        for _ in range(1000):
+            candidate = rng.randrange(len(pairs))
+            if image_ids[candidate] == image_ids[index] or image_ids[candidate] in exclude:
+                continue
+            if exact and caption_matches(facts[index], scenes[candidate]):
+                continue
+            return candidate
+        raise ValueError(f"found no image that caption {index} is false of in 1000 draws")
+
+    def negative_image(index: int, exclude: set) -> int:
+        if not exact or hard_candidates <= 1:
+            return other_image(index, exclude)
+        own = _attributes(scenes[index])
+        candidates = [other_image(index, exclude) for _ in range(hard_candidates)]
+        return max(candidates, key=lambda c: len(own & _attributes(scenes[c])))
+
+    columns = {"sentence": [], "left_image": [], "right_image": [], "label": []}
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    for n in range(num_examples):
+        index = order[n % len(order)]
+        label = n % 3
+        negative = negative_image(index, set())
+        if label == 0:
+            left, right = index, negative
+        elif label == 1:
+            left, right = negative, index
+        else:
+            left, right = negative, negative_image(index, {image_ids[negative]})
+        columns["sentence"].append(captions[index])
+        columns["left_image"].append(images[left])
+        columns["right_image"].append(images[right])
+        columns["label"].append(label)
+    image = datasets.Image()  # decoded on access, like the NLVR datasets
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "left_image": image, "right_image": image, "label": datasets.Value("int64")}
+    )
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+class TextAssignmentCollator(NlvrCollator):
+    @staticmethod
+    def read_label(value):
+        return int(value) if value in (0, 1, 2) else None
+
+
+@dataclass
+class TextAssignmentOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+class TextAssignmentModel(nn.Module):
+    """A `SiscForVisualReasoning` with a 3-way TA head on its fused [CLS] (the head is not part of the checkpoint)."""
+
+    def __init__(self, reasoning_model):
+        super().__init__()
+        self.model = reasoning_model
+        self.head = nn.Linear(reasoning_model.config.fusion_encoder_config.hidden_size, len(TEXT_ASSIGNMENT_LABELS))
+
+    def forward(self, labels=None, **inputs) -> TextAssignmentOutput:
+        logits = self.head(self.model.fuse(**inputs)[:, 0])
+        loss = F.cross_entropy(logits.float(), labels.long()) if labels is not None else None
+        return TextAssignmentOutput(loss=loss, logits=logits)
+
+
+@torch.no_grad()
+def text_assignment_accuracy(wrapper: TextAssignmentModel, processor, rows, batch_size: int = 128) -> float:
+    collate = TextAssignmentCollator(processor)
+    device = next(wrapper.parameters()).device
+    correct = 0
+    for start in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))]).items()}
+        labels = batch.pop("labels")
+        correct += int((wrapper(**batch).logits.argmax(-1) == labels).sum())
+    return 100.0 * correct / max(len(rows), 1)
+
+
+def run_text_assignment(model, processor, args, ta_args: TextAssignmentArguments) -> dict:
+    """Train `model` (in place) on the TA task; returns the step's summary (steps, seconds, held-out TA accuracy)."""
+    from dataclasses import replace
+
+    from train.task_training import fine_tune
+
+    pairs = caption_pairs(ta_args.text_assignment_data, args.data_cache_dir)
+    # every 20th image is held out: the accuracy after the step is measured on images it did not train on
+    held_out_image = [image_id % 20 == 0 for image_id in list(pairs["image_id"])]
+    train_pairs = pairs.select([i for i, held in enumerate(held_out_image) if not held])
+    held_out_pairs = pairs.select([i for i, held in enumerate(held_out_image) if held])
+    train_rows = text_assignment_rows(
+        train_pairs, ta_args.text_assignment_examples, seed=args.seed, hard_candidates=ta_args.text_assignment_hard_candidates
+    )
+    held_out = None
+    if len(set(held_out_pairs["image_id"])) >= 3:
+        held_out = text_assignment_rows(
+            held_out_pairs, min(300, 3 * len(held_out_pairs)), seed=args.seed,
+            hard_candidates=ta_args.text_assignment_hard_candidates,
+        )
+    else:
+        print("[text-assignment] fewer than 60 images: no held-out accuracy", flush=True)
+    wrapper = TextAssignmentModel(model)
+    ta_training = replace(
+        args,
+        num_epochs=ta_args.text_assignment_epochs,
+        learning_rate=ta_args.text_assignment_learning_rate or args.learning_rate,
+        max_steps=None,
+    )
+    result = fine_tune(
+        wrapper, train_rows, TextAssignmentCollator(processor), ta_training,
+        validate=(lambda w: {"accuracy": text_assignment_accuracy(w, processor, held_out, args.eval_batch_size)})
+        if held_out is not None else None,
+        metric="accuracy", log_prefix="text-assignment",
+    )
+    result.pop("model"), result.pop("accelerator")
+    return {**result, "examples": len(train_rows), "data": ta_args.text_assignment_data}
