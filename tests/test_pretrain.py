@@ -234,6 +234,10 @@ def test_data_formats_load_as_pairs(pairs_file, tmp_path):
     saved.save_to_disk(str(tmp_path / "saved"))
     rows = load_pairs(str(tmp_path / "saved"))
     assert len(rows) == 4 and rows["image_id"] == [0, 0, 1, 2]
+    # a saved dataset that has its own image ids (e.g. the shapes data saved with save_to_disk) keeps them
+    saved.add_column("image_id", [7, 8, 9]).save_to_disk(str(tmp_path / "saved_with_ids"))
+    rows = load_pairs(str(tmp_path / "saved_with_ids"))
+    assert rows["image_id"] == [7, 7, 8, 9] and rows["caption"] == ["one", "two", "three", "four"]
     image_folder = tmp_path / "imagefolder" / "train"
     image_folder.mkdir(parents=True)
     for i, image in enumerate(images):

@@ -118,7 +118,8 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
     """One row per (image, caption); `image_id` is kept, or numbered per source row; relative paths resolved."""
 
     def expand(batch, indices):
-        out = {key: [] for key in batch}
+        copied = [key for key in batch if key != "image_id"]
+        out = {key: [] for key in copied}
         out["image_id"] = []
         for row, index in enumerate(indices):
             captions = batch["caption"][row]
@@ -127,7 +128,7 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
             if base_dir is not None and isinstance(image, str) and not os.path.isabs(image):
                 image = os.path.join(base_dir, image)
             for caption in captions:
-                for key in batch:
+                for key in copied:
                     out[key].append(batch[key][row])
                 out["image"][-1] = image
                 out["caption"][-1] = caption
