@@ -137,3 +137,8 @@ def test_finetune_nlvr_and_evaluate(pretrained, tiny_nlvr, tmp_path):
     assert {r.dataset_split for r in card.data.eval_results} == {"dev", "test"}
     again = evaluate_nlvr.main(["--model_name_or_path", str(tmp_path), "--dataset", str(tiny_nlvr)])
     assert again["test"]["accuracy"] == pytest.approx(results["metrics"]["test"]["accuracy"])
+    # accuracy per statement type (the embedded data's `statement_type` column) averages back to the accuracy
+    types = datasets.load_from_disk(tiny_nlvr)["test"]["statement_type"]
+    per_type = {k.removeprefix("accuracy_"): v for k, v in again["test"].items() if k.startswith("accuracy_")}
+    assert set(per_type) == set(types)
+    assert sum(per_type[t] for t in types) / len(types) == pytest.approx(again["test"]["accuracy"])

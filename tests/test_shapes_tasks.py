@@ -57,21 +57,26 @@ def test_vqa_answers_are_true_of_the_scene():
 def test_nlvr_labels_are_true_of_the_two_scenes_and_balanced():
     rows = generate_nlvr_rows(CONFIG, "train")
     assert sum(rows["label"]) == 30 and len(rows["label"]) == 60
-    for sentence, label, left, right in zip(rows["sentence"], rows["label"], rows["left_scene"], rows["right_scene"]):
+    rows_by_type = {}
+    for sentence, label, kind, left, right in zip(
+        rows["sentence"], rows["label"], rows["statement_type"], rows["left_scene"], rows["right_scene"]
+    ):
         left, right = json.loads(left), json.loads(right)
+        rows_by_type.setdefault(kind, []).append(label)
         if m := re.fullmatch(r"the (left|right) image has more (\w+) than the (left|right) image", sentence):
             a, b = _count(left, shape=_singular(m[2])), _count(right, shape=_singular(m[2]))
-            assert label == int(a > b if m[1] == "left" else b > a)
+            assert label == int(a > b if m[1] == "left" else b > a) and kind == "more_shape"
         elif m := re.fullmatch(r"there are more objects in the (left|right) image than in the (left|right) image", sentence):
             a, b = len(left["objects"]), len(right["objects"])
-            assert label == int(a > b if m[1] == "left" else b > a)
+            assert label == int(a > b if m[1] == "left" else b > a) and kind == "more_objects"
         elif m := re.fullmatch(r"both images contain a (\w+)", sentence):
-            assert label == int(bool(_count(left, shape=m[1]) and _count(right, shape=m[1])))
+            assert label == int(bool(_count(left, shape=m[1]) and _count(right, shape=m[1]))) and kind == "both_shape"
         elif m := re.fullmatch(r"both images contain a (\w+) object", sentence):
-            assert label == int(bool(_count(left, color=m[1]) and _count(right, color=m[1])))
+            assert label == int(bool(_count(left, color=m[1]) and _count(right, color=m[1]))) and kind == "both_colour"
         else:
-            assert sentence == "the two images have the same number of objects"
+            assert sentence == "the two images have the same number of objects" and kind == "same_number"
             assert label == int(len(left["objects"]) == len(right["objects"]))
+    assert set(rows_by_type) == {"more_shape", "more_objects", "both_shape", "both_colour", "same_number"}
 
 
 def test_task_datasets_have_the_benchmark_layouts_and_are_cached(tmp_path):

@@ -21,6 +21,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 COLUMNS = {"sentence": "sentence", "left_image": "left_image", "right_image": "right_image", "label": "label"}
+TYPE_COLUMN = "statement_type"  # optional: accuracy is also reported per statement type
 
 
 def label_value(value) -> int | None:
@@ -82,18 +83,26 @@ class NlvrCollator:
 
 @torch.no_grad()
 def evaluate_nlvr(model, processor, split, batch_size: int = 128, columns=None) -> dict:
-    """{"accuracy": percent, "num_examples", "skipped"} of `model` on `split`."""
+    """{"accuracy": percent, "num_examples", "skipped"} of `model` on `split`, plus `accuracy_<type>` per value of
+    its `statement_type` column when it has one."""
     keep, skipped = usable_rows(split, columns)
     split = split.select(keep)
     collate = NlvrCollator(processor, columns)
     model.eval()
-    correct = 0
+    hits = []
     for start in range(0, len(split), batch_size):
         rows = [split[i] for i in range(start, min(start + batch_size, len(split)))]
         batch = {k: v.to(model.device) for k, v in collate(rows).items()}
         labels = batch.pop("labels")
-        correct += int((model(**batch).logits.argmax(dim=1) == labels).sum())
-    return {"accuracy": 100.0 * correct / max(len(split), 1), "num_examples": len(split), "skipped": skipped}
+        hits += (model(**batch).logits.argmax(dim=1) == labels).tolist()
+    metrics = {"accuracy": 100.0 * sum(hits) / max(len(split), 1), "num_examples": len(split), "skipped": skipped}
+    if TYPE_COLUMN in split.column_names:  # e.g. the embedded data's statement kinds
+        by_type: dict[str, list[bool]] = {}
+        for hit, kind in zip(hits, split[TYPE_COLUMN]):
+            by_type.setdefault(kind, []).append(hit)
+        for kind, values in sorted(by_type.items()):
+            metrics[f"accuracy_{kind}"] = 100.0 * sum(values) / len(values)
+    return metrics
 
 
 def majority_baseline(train_split, eval_split, columns=None) -> dict:

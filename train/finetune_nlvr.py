@@ -66,6 +66,9 @@ def main(argv=None) -> dict:
             summary["metrics"][name] = metrics
             print(f"[nlvr] {name}: accuracy {metrics['accuracy']:.2f} (majority label {metrics['majority_baseline_accuracy']:.2f})"
                   f" after {summary['global_step']} steps in {summary['train_seconds']}s", flush=True)
+            by_type = {k.removeprefix("accuracy_"): round(v, 1) for k, v in metrics.items() if k.startswith("accuracy_")}
+            if by_type:
+                print(f"[nlvr] {name} accuracy by statement type: {by_type}", flush=True)
         save_and_report(model, processor, args, summary, card_kwargs=dict(
             dataset_description=("embedded synthetic two-image statements about coloured-shape scenes (train/shapes_tasks.py)"
                                  if args.dataset == "shapes" else "NLVR2-layout data"),

@@ -22,7 +22,9 @@ NLVR (`load_shapes_nlvr`, splits train / dev / test; one row per (sentence, left
     the two images have the same number of objects
 
 Columns follow the NLVR2 layout: `identifier`, `sentence`, `left_image`, `right_image`, `label` (ClassLabel
-False/True), plus `left_scene` / `right_scene` (JSON). Labels are balanced 50/50 by construction.
+False/True), plus `statement_type` (more_shape / more_objects / both_shape / both_colour / same_number: the
+evaluation reports accuracy per type) and `left_scene` / `right_scene` (JSON). Labels are balanced 50/50 by
+construction (and close to it within each statement type, whose truth alone is no cue).
 
 Both datasets are cached like the captions dataset: `<cache_dir>/shapes-vqa-<fingerprint>` and
 `shapes-nlvr-<fingerprint>`, the fingerprint hashing the task config, `TASKS_VERSION` and the shapes generator's
@@ -60,7 +62,7 @@ from train.shapes_dataset import (  # noqa: E402
     scene_to_json,
 )
 
-TASKS_VERSION = "1"  # bump whenever generated questions, statements or images change
+TASKS_VERSION = "2"  # bump whenever generated questions, statements or images change
 VQA_SPLITS = ("train", "validation", "test")
 NLVR_SPLITS = ("train", "dev", "test")
 NUM_ANNOTATORS = 10
@@ -285,7 +287,8 @@ def _statement(left: dict, right: dict, kind: str, rng: random.Random, config: S
 def generate_nlvr_rows(config: ShapesTaskConfig, split: str) -> dict[str, list]:
     sizes = {"train": config.num_train, "dev": config.num_validation, "test": config.num_test}
     columns: dict[str, list] = {
-        k: [] for k in ("identifier", "sentence", "left_image", "right_image", "label", "left_scene", "right_scene")
+        k: []
+        for k in ("identifier", "sentence", "left_image", "right_image", "label", "statement_type", "left_scene", "right_scene")
     }
     shapes_config = config.scenes()
     for index in range(sizes[split]):
@@ -304,6 +307,7 @@ def generate_nlvr_rows(config: ShapesTaskConfig, split: str) -> dict[str, list]:
         columns["left_image"].append({"bytes": _png_bytes(render_scene(left, rng, config.image_size)), "path": None})
         columns["right_image"].append({"bytes": _png_bytes(render_scene(right, rng, config.image_size)), "path": None})
         columns["label"].append(int(truth))
+        columns["statement_type"].append(kind.replace(" ", "_"))
         columns["left_scene"].append(scene_to_json(left))
         columns["right_scene"].append(scene_to_json(right))
     return columns
@@ -319,6 +323,7 @@ def _nlvr_features():
             "left_image": datasets.Image(),
             "right_image": datasets.Image(),
             "label": datasets.ClassLabel(names=["False", "True"]),
+            "statement_type": datasets.Value("string"),
             "left_scene": datasets.Value("string"),
             "right_scene": datasets.Value("string"),
         }
