@@ -127,9 +127,11 @@ def test_finetune_nlvr_and_evaluate(pretrained, tiny_nlvr, tmp_path):
         "--per_device_batch_size", "4", "--num_epochs", "2", "--warmup_steps", "1", "--logging_steps", "1",
     ])
     assert summary["skipped_train_rows"] == 1 and summary["train_examples"] == 9
+    assert summary["text_assignment"] is None  # NLVR data of its own and no caption data: the TA step is skipped
     assert summary["global_step"] == 4 and [h["epoch"] for h in summary["validation_history"]] == [1, 2]
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["metrics"]) == {"dev", "test"}
+    assert results["args"]["vision_learning_rate"] == results["args"]["learning_rate"]  # NLVR's default
     for metrics in results["metrics"].values():
         assert metrics["num_examples"] == 4 and metrics["majority_baseline_accuracy"] == 50.0
     card = ModelCard.load(tmp_path / "README.md")

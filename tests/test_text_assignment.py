@@ -61,26 +61,6 @@ def test_rows_have_balanced_labels_and_exact_negatives(caption_folder):
     assert text_assignment_rows(pairs, 30, seed=1)["sentence"] == rows["sentence"]
 
 
-def test_hard_negatives_share_more_colours_and_shapes(caption_folder):
-    from train.text_assignment import _attributes
-
-    pairs = caption_pairs(str(caption_folder))
-    scene_of = _scene_of_image(pairs)
-    owner_scene = dict(zip(pairs["caption"], pairs["scene"]))
-
-    def mean_overlap(hard_candidates):
-        rows = text_assignment_rows(pairs, 60, seed=3, hard_candidates=hard_candidates)
-        raw = rows.cast_column("left_image", datasets.Image(decode=False)).cast_column("right_image", datasets.Image(decode=False))
-        overlaps = []
-        for row in raw:
-            negatives = {0: ["right_image"], 1: ["left_image"], 2: ["left_image", "right_image"]}[row["label"]]
-            own = _attributes(owner_scene[row["sentence"]])
-            overlaps += [len(own & _attributes(scene_of[row[side]["bytes"]])) for side in negatives]
-        return sum(overlaps) / len(overlaps)
-
-    assert mean_overlap(8) > mean_overlap(1) + 0.5
-
-
 def test_rows_without_scenes_use_other_images_and_reject_tiny_data(caption_folder):
     pairs = caption_pairs(str(caption_folder)).remove_columns(["scene", "caption_facts"])
     rows = text_assignment_rows(pairs, 9, seed=0)
@@ -134,3 +114,14 @@ def test_finetune_nlvr_runs_the_text_assignment_step_first(pretrained, caption_f
     assert json.loads((out / "results.json").read_text())["text_assignment"]["examples"] == 8
     reloaded = SiscForVisualReasoning.from_pretrained(out)
     assert not any(k.startswith("head.") for k in reloaded.state_dict())
+
+
+def test_the_step_runs_on_the_embedded_captions_only_for_the_embedded_nlvr_data(caplog):
+    from train.text_assignment import TextAssignmentArguments, text_assignment_source
+
+    assert text_assignment_source(TextAssignmentArguments(), "shapes") == "shapes"
+    assert text_assignment_source(TextAssignmentArguments(text_assignment_data="pairs.jsonl"), "my_nlvr2") == "pairs.jsonl"
+    assert text_assignment_source(TextAssignmentArguments(text_assignment_examples=0), "shapes") is None
+    with caplog.at_level("WARNING"):
+        assert text_assignment_source(TextAssignmentArguments(), "my_nlvr2") is None
+    assert "skipping ALBEF's text-assignment step" in caplog.text and "--text_assignment_data" in caplog.text

@@ -1,7 +1,12 @@
 """Fine-tune a pretrained SISC checkpoint for NLVR2-style visual reasoning (`SiscForVisualReasoning`).
 
     accelerate launch train/finetune_nlvr.py --model_name_or_path outputs/sisc-small
-    accelerate launch train/finetune_nlvr.py --model_name_or_path M --dataset my_nlvr2_folder --validation_split dev
+    accelerate launch train/finetune_nlvr.py --model_name_or_path M --dataset my_nlvr2_folder --validation_split dev \
+        --text_assignment_data my_caption_pairs.jsonl
+
+First ALBEF's text-assignment step (train/text_assignment.py: caption + two images -> first / second / neither, 20,000
+examples, on the embedded captions when the NLVR data is the embedded one; `--text_assignment_examples 0` skips it),
+then the true / false fine-tuning. The image tower trains at the full learning rate by default.
 
 Data: a DatasetDict in the NLVR2 layout (`sentence`, `left_image`, `right_image`, `label`: 0/1, bool or
 "True"/"False"); "shapes" (default) is the embedded synthetic two-image data (train/shapes_tasks.py). Rows without a
@@ -24,7 +29,7 @@ from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sisc import SiscForVisualReasoning  # noqa: E402
 from train.evaluate_nlvr import NlvrCollator, evaluate_nlvr, majority_baseline, usable_rows  # noqa: E402
-from train.text_assignment import TextAssignmentArguments, run_text_assignment  # noqa: E402
+from train.text_assignment import TextAssignmentArguments, run_text_assignment, text_assignment_source  # noqa: E402
 from train.task_training import (  # noqa: E402
     TaskTrainingArguments,
     check_common_args,
@@ -40,6 +45,9 @@ def main(argv=None) -> dict:
     parser = HfArgumentParser((TaskTrainingArguments, TextAssignmentArguments))
     parser.set_defaults(output_dir="outputs/sisc-small-nlvr", validation_split="dev", num_epochs=3)
     args, ta_args = parser.parse_args_into_dataclasses(args=argv)
+    if args.vision_learning_rate is None:
+        # unlike VQA's lr / 4: comparing two images needs the small image tower to keep learning (measured, README)
+        args.vision_learning_rate = args.learning_rate
     check_common_args(args, "finetune_nlvr.py")
     processor = load_processor(args.model_name_or_path)
     data = load_task_data("nlvr", args.dataset, args.data_cache_dir, args.shapes_num_train)
@@ -51,7 +59,8 @@ def main(argv=None) -> dict:
         raise ValueError("no usable training row (sentence, two images, label)")
     train_rows = train_split.select(keep)
     model = SiscForVisualReasoning.from_pretrained(args.model_name_or_path)
-    text_assignment = run_text_assignment(model, processor, args, ta_args) if ta_args.text_assignment_examples > 0 else None
+    source = text_assignment_source(ta_args, args.dataset)
+    text_assignment = run_text_assignment(model, processor, args, ta_args, source) if source else None
 
     dev = limit(data[args.validation_split], args.max_eval_samples) if args.validation_split else None
     validate = (lambda m: evaluate_nlvr(m, processor, dev, args.eval_batch_size)) if dev is not None else None

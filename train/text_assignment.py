@@ -5,8 +5,8 @@ neither (a 3-way head on the fused [CLS], thrown away afterwards).
 The fresh model has two identical cross-attention branches merged by an average, so it cannot yet tell the left
 image from the right one; TA teaches the branches and the merge to keep them apart, and the fusion layers to
 ground a sentence in one image. ALBEF runs it for one epoch over its pretraining images; here it runs on an
-image-caption dataset (by default the embedded shapes captions of the pretraining job). `finetune_nlvr.py` calls
-`run_text_assignment` when `--text_assignment_examples` > 0.
+image-caption dataset (by default the embedded shapes captions of the pretraining job). `finetune_nlvr.py` runs it
+first (20,000 examples by default; `--text_assignment_examples 0` switches it off).
 
 Negatives: with shapes data (`scene` / `caption_facts` columns) an image is used as "not this caption's" only if the
 caption is false of it (exact relevance); other data falls back to any other image (as ALBEF: a false negative now
@@ -15,8 +15,7 @@ and then).
 
 from __future__ import annotations
 
-import functools
-import json
+import logging
 import random
 from dataclasses import dataclass, field
 
@@ -27,23 +26,22 @@ from transformers.utils import ModelOutput
 
 from train.evaluate_nlvr import NlvrCollator
 
+logger = logging.getLogger(__name__)
+
 TEXT_ASSIGNMENT_LABELS = ("first image", "second image", "neither")
 
 
 @dataclass
 class TextAssignmentArguments:
     text_assignment_examples: int = field(
-        default=0, metadata={"help": "Examples of the text-assignment step before NLVR fine-tuning (0 = no TA step)."}
+        default=20000, metadata={"help": "Examples of the text-assignment step before NLVR fine-tuning (0 = no TA step)."}
     )
-    text_assignment_data: str = field(
-        default="shapes",
-        metadata={"help": "Image-caption data of the TA step: 'shapes' (the embedded captions) or anything "
-                          "train/data.py reads (a saved dataset folder, imagefolder, jsonl/csv/parquet, Karpathy JSON)."},
-    )
-    text_assignment_hard_candidates: int = field(
-        default=1,
-        metadata={"help": "Shapes data: pick each negative image as the most similar (shared colours and shapes) of this "
-                          "many draws (1 = random negatives)."},
+    text_assignment_data: str | None = field(
+        default=None,
+        metadata={"help": "Image-caption data of the TA step: 'shapes' (the embedded captions; the default when the NLVR "
+                          "data is the embedded one) or anything train/data.py reads (a saved dataset folder, "
+                          "imagefolder, jsonl/csv/parquet, Karpathy JSON), e.g. the pretraining pairs. Other NLVR data "
+                          "without it: the step is skipped, with a warning."},
     )
     text_assignment_epochs: int = 1
     text_assignment_learning_rate: float | None = field(
@@ -65,20 +63,10 @@ def caption_pairs(source: str, cache_dir: str = "data_cache/shapes"):
     return load_pairs(source, "train")
 
 
-@functools.lru_cache(maxsize=None)
-def _attributes(scene_json: str) -> frozenset:
-    """The colours and shapes of a scene."""
-    objects = json.loads(scene_json)["objects"]
-    return frozenset({("color", o["color"]) for o in objects} | {("shape", o["shape"]) for o in objects})
-
-
-def text_assignment_rows(pairs, num_examples: int, seed: int = 0, hard_candidates: int = 1):
+def text_assignment_rows(pairs, num_examples: int, seed: int = 0):
     """A `datasets.Dataset` in the NLVR2 layout (`sentence`, `left_image`, `right_image`, `label`) with labels 0 (the
     caption belongs to the left image), 1 (to the right image) and 2 (to neither), in equal shares. `pairs`: rows with
-    `image`, `caption`, `image_id` (and, for exact negatives, `scene` / `caption_facts`).
-
-    `hard_candidates` > 1 (shapes data only): each negative image is the one of that many valid draws that shares the
-    most colours and shapes with the caption's own image, so that colour alone cannot tell them apart."""
+    `image`, `caption`, `image_id` (and, for exact negatives, `scene` / `caption_facts`)."""
     import datasets
 
     from train.shapes_dataset import caption_matches
@@ -106,26 +94,19 @@ def text_assignment_rows(pairs, num_examples: int, seed: int = 0, hard_candidate
             return candidate
         raise ValueError(f"found no image that caption {index} is false of in 1000 draws")
 
-    def negative_image(index: int, exclude: set) -> int:
-        if not exact or hard_candidates <= 1:
-            return other_image(index, exclude)
-        own = _attributes(scenes[index])
-        candidates = [other_image(index, exclude) for _ in range(hard_candidates)]
-        return max(candidates, key=lambda c: len(own & _attributes(scenes[c])))
-
     columns = {"sentence": [], "left_image": [], "right_image": [], "label": []}
     order = list(range(len(pairs)))
     rng.shuffle(order)
     for n in range(num_examples):
         index = order[n % len(order)]
         label = n % 3
-        negative = negative_image(index, set())
+        negative = other_image(index, set())
         if label == 0:
             left, right = index, negative
         elif label == 1:
             left, right = negative, index
         else:
-            left, right = negative, negative_image(index, {image_ids[negative]})
+            left, right = negative, other_image(index, {image_ids[negative]})
         columns["sentence"].append(captions[index])
         columns["left_image"].append(images[left])
         columns["right_image"].append(images[right])
@@ -175,26 +156,38 @@ def text_assignment_accuracy(wrapper: TextAssignmentModel, processor, rows, batc
     return 100.0 * correct / max(len(rows), 1)
 
 
-def run_text_assignment(model, processor, args, ta_args: TextAssignmentArguments) -> dict:
-    """Train `model` (in place) on the TA task; returns the step's summary (steps, seconds, held-out TA accuracy)."""
+def text_assignment_source(ta_args: TextAssignmentArguments, nlvr_dataset: str) -> str | None:
+    """The caption data the TA step runs on, or None when it is skipped (0 examples, or no caption data for NLVR data
+    other than the embedded one: warned, since the shapes captions would not match real photographs)."""
+    if ta_args.text_assignment_examples <= 0:
+        return None
+    if ta_args.text_assignment_data:
+        return ta_args.text_assignment_data
+    if nlvr_dataset == "shapes":
+        return "shapes"
+    logger.warning(
+        "no --text_assignment_data for NLVR data %r: skipping ALBEF's text-assignment step (pass image-caption data, "
+        "e.g. the pretraining pairs, to run it; --text_assignment_examples 0 silences this)", nlvr_dataset,
+    )
+    return None
+
+
+def run_text_assignment(model, processor, args, ta_args: TextAssignmentArguments, source: str) -> dict:
+    """Train `model` (in place) on the TA task over the captions of `source`; returns the step's summary (steps,
+    seconds, held-out TA accuracy)."""
     from dataclasses import replace
 
     from train.task_training import fine_tune
 
-    pairs = caption_pairs(ta_args.text_assignment_data, args.data_cache_dir)
+    pairs = caption_pairs(source, args.data_cache_dir)
     # every 20th image is held out: the accuracy after the step is measured on images it did not train on
     held_out_image = [image_id % 20 == 0 for image_id in list(pairs["image_id"])]
     train_pairs = pairs.select([i for i, held in enumerate(held_out_image) if not held])
     held_out_pairs = pairs.select([i for i, held in enumerate(held_out_image) if held])
-    train_rows = text_assignment_rows(
-        train_pairs, ta_args.text_assignment_examples, seed=args.seed, hard_candidates=ta_args.text_assignment_hard_candidates
-    )
+    train_rows = text_assignment_rows(train_pairs, ta_args.text_assignment_examples, seed=args.seed)
     held_out = None
     if len(set(held_out_pairs["image_id"])) >= 3:
-        held_out = text_assignment_rows(
-            held_out_pairs, min(300, 3 * len(held_out_pairs)), seed=args.seed,
-            hard_candidates=ta_args.text_assignment_hard_candidates,
-        )
+        held_out = text_assignment_rows(held_out_pairs, min(300, 3 * len(held_out_pairs)), seed=args.seed)
     else:
         print("[text-assignment] fewer than 60 images: no held-out accuracy", flush=True)
     wrapper = TextAssignmentModel(model)
@@ -211,4 +204,4 @@ def run_text_assignment(model, processor, args, ta_args: TextAssignmentArguments
         metric="accuracy", log_prefix="text-assignment",
     )
     result.pop("model"), result.pop("accelerator")
-    return {**result, "examples": len(train_rows), "data": ta_args.text_assignment_data}
+    return {**result, "examples": len(train_rows), "data": source}
