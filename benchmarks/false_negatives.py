@@ -1,10 +1,10 @@
 """False-negative benchmark: regulated contrast (SRCL) against InfoNCE and the other ways of handling false negatives.
 
     python benchmarks/false_negatives.py                       # builds its warm start and teacher first (+~15 min)
-    python benchmarks/false_negatives.py --warm_start outputs/sisc-small --teacher outputs/sisc-small-retrieval  # ~40 min
+    python benchmarks/false_negatives.py --warm_start outputs/sisc-small-2ep --teacher outputs/sisc-small-2ep-retrieval  # ~40 min
     python benchmarks/false_negatives.py --settings high --seeds 0 --objectives infonce srcl_teacher_mean oracle
 
-Every student starts from the same warm start (the small default model after its default pretraining: a ViT
+Every student starts from the same warm start (the small default model after 2 epochs of its default pretraining: a ViT
 trained from scratch sits on the collapsed ln(N) plateau of the contrastive loss for its first ~100 steps, so
 students started from random weights would all measure that plateau, not their objective) and is trained with the
 same data, budget and seeds under each objective, ITC only (ITM and MLM are switched off so that only the
@@ -23,7 +23,7 @@ all relevant items, mAP@R; TR and IR). Objectives:
     oracle               InfoNCE that never uses the dataset's true false negatives as negatives (upper bound)
 
 Without --warm_start / --teacher they are trained first (about 10 minutes): the warm start with the default
-pretraining recipe (`train/pretrain.py`'s defaults, InfoNCE), the teacher by training the warm start on for
+pretraining recipe for 2 epochs (`train/pretrain.py --num_epochs 2`, InfoNCE), the teacher by training the warm start on for
 `--teacher_steps` more steps with InfoNCE (+ ITM): a better-trained model of the same data, as the paper's teacher
 is a pretrained model. Finished runs are kept (`<out>/runs/...`) and skipped when the benchmark is run
 again, so an interrupted benchmark continues where it stopped. Output: one table per setting on stdout (mean and
@@ -107,8 +107,9 @@ def prepare_start_points(args) -> dict[str, str]:
     warm = args.warm_start
     if warm is None:
         warm = os.path.join(args.out, "runs", "warm_start")
-        train_once(warm, ["--loss", "infonce", "--report_to", "none", "--data_cache_dir", args.data_cache_dir,
-                          "--num_workers", str(args.num_workers)])
+        # 2 epochs: the warm start of the committed results (the main job's length when the benchmark ran)
+        train_once(warm, ["--loss", "infonce", "--num_epochs", "2", "--report_to", "none",
+                          "--data_cache_dir", args.data_cache_dir, "--num_workers", str(args.num_workers)])
     teacher = args.teacher
     if teacher is None:
         teacher = os.path.join(args.out, "runs", "teacher")
