@@ -83,8 +83,9 @@ def load_processor(path: str):
         return build_default_processor()
 
 
-# rows of the embedded task data when --shapes_num_train is not given (the ShapesTaskConfig default otherwise)
-SHAPES_TASK_NUM_TRAIN = {"vqa": None, "nlvr": 8000}
+# rows of the embedded task data when --shapes_num_train is not given (the ShapesTaskConfig default otherwise);
+# NLVR: one true / false bit per pair, and 8,000 pairs left counting at chance (README)
+SHAPES_TASK_NUM_TRAIN = {"vqa": None, "nlvr": 24000}
 
 
 def load_task_data(task: str, dataset: str, cache_dir: str = "data_cache/shapes", num_train: int | None = None):
