@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from accelerate.utils import set_seed  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sisc import SiscForVisualReasoning  # noqa: E402
@@ -58,6 +59,7 @@ def main(argv=None) -> dict:
     if not keep:
         raise ValueError("no usable training row (sentence, two images, label)")
     train_rows = train_split.select(keep)
+    set_seed(args.seed)  # the new heads' initialisation is part of the run
     model = SiscForVisualReasoning.from_pretrained(args.model_name_or_path)
     source = text_assignment_source(ta_args, args.dataset)
     text_assignment = run_text_assignment(model, processor, args, ta_args, source) if source else None

@@ -30,6 +30,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
+from accelerate.utils import set_seed  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sisc import SiscForQuestionAnswering  # noqa: E402
@@ -120,6 +121,7 @@ def main(argv=None) -> dict:
     overrides = {"vqa_head": vqa_args.vqa_head, "vqa_answers": answers}
     if vqa_args.k_test is not None:
         overrides["vqa_k_test"] = vqa_args.k_test
+    set_seed(args.seed)  # the new heads' initialisation is part of the run
     model = SiscForQuestionAnswering.from_pretrained(args.model_name_or_path, **overrides)
     tokens = model.tokenize_answer_list(processor.tokenizer) if vqa_args.vqa_head == "generate" else None
     if tokens is not None:
