@@ -112,6 +112,8 @@ def test_finetune_nlvr_runs_the_text_assignment_step_first(pretrained, caption_f
     assert 0.0 <= ta["validation_history"][0]["accuracy"] <= 100.0 and ta["validation_history"][0]["epoch"] == 1
     assert summary["global_step"] == 2
     assert json.loads((out / "results.json").read_text())["text_assignment"]["examples"] == 8
+    card = (out / "README.md").read_text()
+    assert "text-assignment step" in card and "text_assignment_examples" in card
     reloaded = SiscForVisualReasoning.from_pretrained(out)
     assert not any(k.startswith("head.") for k in reloaded.state_dict())
 

@@ -84,6 +84,10 @@ def main(argv=None) -> dict:
             dataset_description=("embedded synthetic two-image statements about coloured-shape scenes (train/shapes_tasks.py)"
                                  if args.dataset == "shapes" else "NLVR2-layout data"),
             num_train_pairs=len(train_rows),
+            extra_hyperparameters={
+                "text_assignment_examples": text_assignment["examples"] if text_assignment else 0,
+                "text_assignment_data": source or "-",
+            },
             task="text-classification",
             fine_tuned_for="visual reasoning over two images (NLVR2)",
             task_results={
@@ -97,7 +101,10 @@ def main(argv=None) -> dict:
                     "head_description": (
                         "The sentence attends to both images in every fusion layer: one cross-attention branch per image "
                         "(the second starts as a copy of the pretrained one), merged by a linear layer, as in ALBEF's NLVR2 "
-                        "model; an MLP on the fused [CLS] predicts false / true."),
+                        "model; an MLP on the fused [CLS] predicts false / true."
+                        + (" Before the true / false training, ALBEF's text-assignment step (a caption and two images: "
+                           "the first, the second or neither) taught the two branches to keep the images apart."
+                           if text_assignment else "")),
                     "results_description": "Accuracy of the true/false prediction, in percent.",
                     "usage_code": (
                         "from PIL import Image\nfrom transformers import AutoModelForSequenceClassification, AutoProcessor\n\n"

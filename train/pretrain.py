@@ -250,7 +250,7 @@ def param_groups(model, learning_rate: float, vision_learning_rate: float, weigh
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        vision = ("." + name).find(".sisc.vision_model.") >= 0  # also inside a wrapper (text_assignment.py)
+        vision = ".sisc.vision_model." in f".{name}"  # also inside a wrapper (text_assignment.py)
         no_decay = param.dim() < 2 or "LayerNorm" in name or "layernorm" in name
         key = (vision, no_decay)
         if key not in groups:
