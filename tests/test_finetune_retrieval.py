@@ -8,7 +8,7 @@ import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from tests.helpers.tiny_data import save_tiny_checkpoint, write_karpathy
+from tests.helpers.tiny_data import write_karpathy
 from train import finetune_retrieval
 
 TINY = ["--per_device_batch_size", "4", "--num_workers", "0", "--report_to", "none", "--warmup_steps", "1",
@@ -18,11 +18,6 @@ TINY = ["--per_device_batch_size", "4", "--num_workers", "0", "--report_to", "no
 @pytest.fixture(scope="module")
 def karpathy(tmp_path_factory):
     return write_karpathy(tmp_path_factory.mktemp("karpathy"))
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
 
 
 def finetune(pretrained, karpathy, out, *extra):

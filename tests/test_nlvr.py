@@ -2,9 +2,6 @@
 through the auto class, a few trainer steps and the evaluation script."""
 
 import json
-import os
-import subprocess
-import sys
 
 import datasets
 import pytest
@@ -13,21 +10,10 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from modeling_sisc import SiscForPreTraining, SiscForVisualReasoning
-from processing_sisc import build_default_processor
+from tests.helpers.fresh_process import logits_in_fresh_process
 from train import evaluate_nlvr, finetune_nlvr
 from train.evaluate_nlvr import label_value, usable_rows
-from tests.helpers.tiny_data import save_tiny_checkpoint
 from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_default_processor(image_size=16)
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
 
 
 def _batch(processor):
@@ -77,15 +63,6 @@ def test_bad_inputs_give_clear_errors(pretrained, processor):
     assert [label_value(v) for v in (True, 0, "True", "false", "maybe", 2)] == [1, 0, 1, 0, None, None]
 
 
-FRESH = r"""
-import sys, torch
-from transformers import AutoModelForSequenceClassification
-model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-with torch.no_grad():
-    print(type(model).__name__, model(**torch.load(sys.argv[2])).logits.tolist())
-"""
-
-
 def test_save_and_reload_in_a_fresh_process(pretrained, processor, tmp_path):
     model = SiscForVisualReasoning.from_pretrained(pretrained).eval()
     folder = tmp_path / "nlvr"
@@ -93,14 +70,9 @@ def test_save_and_reload_in_a_fresh_process(pretrained, processor, tmp_path):
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForSequenceClassification"] == "modeling_sisc.SiscForVisualReasoning"
     batch = _batch(processor)
-    torch.save(batch, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = model(**batch).logits
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", FRESH, str(folder), str(tmp_path / "inputs.pt")], cwd=tmp_path,
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    name, logits = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    name, logits = logits_in_fresh_process("AutoModelForSequenceClassification", folder, batch, tmp_path)
     assert name == "SiscForVisualReasoning"
     assert torch.allclose(torch.tensor(json.loads(logits)), expected, atol=1e-5)
 

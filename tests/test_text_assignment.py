@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from modeling_sisc import SiscForVisualReasoning
-from processing_sisc import build_default_processor
-from tests.helpers.tiny_data import save_tiny_checkpoint
 from train import finetune_nlvr
 from train.shapes_dataset import ShapesConfig, build_shapes_dataset, caption_matches
 from train.text_assignment import (
@@ -20,16 +18,6 @@ from train.text_assignment import (
 )
 
 TINY_SHAPES = ShapesConfig(image_size=16, num_train=60, num_annotated=2, num_test=2, num_validation=2)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_default_processor(image_size=16)
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
 
 
 @pytest.fixture(scope="module")

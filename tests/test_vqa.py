@@ -2,9 +2,6 @@
 answer list, save / fresh-process reload through the auto class, and a few steps of the trainer + evaluation."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,9 +10,8 @@ from PIL import Image
 
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscForQuestionAnswering
-from processing_sisc import build_default_processor
+from tests.helpers.fresh_process import logits_in_fresh_process
 from train import evaluate_vqa, finetune_vqa
-from tests.helpers.tiny_data import save_tiny_checkpoint
 from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
 from train.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, vqa_score, write_results
 
@@ -51,16 +47,6 @@ def test_accuracy_targets_and_result_file(tmp_path):
 
 
 # ---- the model ----
-@pytest.fixture(scope="module")
-def processor():
-    return build_default_processor(image_size=16)
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("pretrained"))
-
-
 def _inputs(processor, n=3):
     images = [Image.new("RGB", (16, 16), c) for c in ("red", "blue", "green")][:n]
     return processor(text=["what colour is it?", "how many circles are there?", "is there a star?"][:n], images=images)
@@ -142,17 +128,6 @@ def test_bad_inputs_give_clear_errors(pretrained, processor):
         SiscConfig.small(vocab_size=len(processor.tokenizer), vqa_head="span")
 
 
-FRESH = r"""
-import sys, torch
-from transformers import AutoModelForVisualQuestionAnswering
-model = AutoModelForVisualQuestionAnswering.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-inputs = torch.load(sys.argv[2])
-with torch.no_grad():
-    out = model(**inputs)
-print(type(model).__name__, out.logits.tolist())
-"""
-
-
 @pytest.mark.parametrize("head", ["generate", "classify"])
 def test_save_and_reload_in_a_fresh_process(pretrained, processor, tmp_path, head):
     model = SiscForQuestionAnswering.from_pretrained(pretrained, vqa_head=head, vqa_answers=ANSWERS).eval()
@@ -162,14 +137,9 @@ def test_save_and_reload_in_a_fresh_process(pretrained, processor, tmp_path, hea
     assert config["auto_map"]["AutoModelForVisualQuestionAnswering"] == "modeling_sisc.SiscForQuestionAnswering"
     assert config["vqa_answers"] == ANSWERS and config["vqa_head"] == head
     inputs = {**_batch(processor), **(model.tokenize_answer_list(processor.tokenizer) if head == "generate" else {})}
-    torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = model(**inputs).logits
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", FRESH, str(folder), str(tmp_path / "inputs.pt")], cwd=tmp_path,
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    name, logits = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    name, logits = logits_in_fresh_process("AutoModelForVisualQuestionAnswering", folder, inputs, tmp_path)
     assert name == "SiscForQuestionAnswering"
     got = torch.tensor(json.loads(logits.replace("-Infinity", "-1e30").replace("Infinity", "1e30")))
     assert torch.allclose(got, expected.clamp(min=-1e30), atol=1e-4)
