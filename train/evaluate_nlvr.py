@@ -9,7 +9,6 @@ an unreadable label are counted (`skipped`) and left out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -117,14 +116,11 @@ def majority_baseline(train_split, eval_split, columns=None) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--dataset", default="shapes")
-    parser.add_argument("--data_cache_dir", default="data_cache/shapes")
-    parser.add_argument("--shapes_num_train", type=int, default=None)
+    from train.task_training import task_evaluation_parser
+
+    parser = task_evaluation_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--splits", nargs="+", default=["dev", "test"])
     parser.add_argument("--baseline_split", default="train", help="split the majority label comes from ('' = none)")
-    parser.add_argument("--batch_size", type=int, default=128)
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForSequenceClassification

@@ -11,7 +11,6 @@ baselines (the most frequent training answer for every question, and per questio
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -90,14 +89,11 @@ def majority_baselines(train_split, eval_split, official: bool = False, columns=
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--dataset", default="shapes")
-    parser.add_argument("--data_cache_dir", default="data_cache/shapes")
-    parser.add_argument("--shapes_num_train", type=int, default=None)
+    from train.task_training import task_evaluation_parser
+
+    parser = task_evaluation_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="test")
     parser.add_argument("--baseline_split", default="train", help="split the majority baselines come from ('' = none)")
-    parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--k_test", type=int, default=None, help="answers the decoder scores fully (default: config)")
     parser.add_argument("--official", action="store_true", help="average over the 10 leave-one-out annotator subsets")
     parser.add_argument("--max_samples", type=int, default=None)

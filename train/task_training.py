@@ -8,6 +8,7 @@ and a model card, and `--push_to_hub` uploads the folder (train/hub.py).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import logging
@@ -69,6 +70,17 @@ def check_common_args(args: TaskTrainingArguments, script: str) -> None:
         raise SystemExit(f"{script} needs --model_name_or_path: the pretrained SISC checkpoint to start from")
     if args.per_device_batch_size < 1 or args.eval_batch_size < 1:
         raise SystemExit("batch sizes must be >= 1")
+
+
+def task_evaluation_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments the task-evaluation scripts share: the model, its data (as for the trainers) and the batch size."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--dataset", default=TaskTrainingArguments.dataset)
+    parser.add_argument("--data_cache_dir", default=TaskTrainingArguments.data_cache_dir)
+    parser.add_argument("--shapes_num_train", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=TaskTrainingArguments.eval_batch_size)
+    return parser
 
 
 def load_processor(path: str):
