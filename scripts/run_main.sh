@@ -6,4 +6,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-accelerate launch train/pretrain.py "$@"
+# accelerate launch gives a CPU process one thread unless told otherwise: use every core (SISC_NUM_THREADS=1 when
+# other jobs share them)
+accelerate launch --num_cpu_threads_per_process "${SISC_NUM_THREADS:-$(nproc)}" train/pretrain.py "$@"

@@ -4,6 +4,7 @@ processes, the command line's table and JSON."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from PIL import Image
 from modeling_sisc import SiscModel
 from train.data import load_pairs
 from train.evaluate_retrieval import (
+    EncodedSet,
     RetrievalSet,
     encode_set,
     evaluate_retrieval,
@@ -111,8 +113,9 @@ def test_rerank_scores_are_itm_log_odds_of_the_top_k_above_the_rest(model_and_pr
             top = set(itc[q].topk(k).indices.tolist())
             rest = [c for c in range(itc.shape[1]) if c not in top]
             assert min(scores[q, sorted(top)]) > max(scores[q, rest])  # the k candidates come first
-            # outside the top k the ITC order is kept
-            assert torch.equal(scores[q, rest].argsort(), itc[q, rest].argsort())
+            # outside the top k the ITC order is kept exactly, ties included (pairwise order relations are equal)
+            kept, before = scores[q, rest], itc[q, rest]
+            assert torch.equal(kept[:, None] > kept[None, :], before[:, None] > before[None, :])
             for c in top:  # the top k get the ITM log-odds of the pair, computed here from raw inputs
                 image_index, text_index = (q, c) if queries_are_images else (c, q)
                 inputs = processor(images=[images[image_index]], text=[data.captions[text_index]], return_tensors="pt",
@@ -120,6 +123,39 @@ def test_rerank_scores_are_itm_log_odds_of_the_top_k_above_the_rest(model_and_pr
                 with torch.no_grad():
                     logits = model.get_itm_logits(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"])
                 assert scores[q, c].item() == pytest.approx((logits[0, 1] - logits[0, 0]).item(), abs=1e-4)
+
+
+def test_rerank_keeps_the_itc_order_of_nearly_equal_and_tied_scores():
+    """Scores one float32 step apart, and exact ties, outside the top k: a constant shift would round them together
+    or swap them on some machines; the ranks keep them."""
+    from train.evaluate_retrieval import strictly_greater_counts
+
+    base = torch.tensor(0.3)
+    step = torch.nextafter(base, torch.tensor(1.0)) - base
+    row = torch.stack([base + 40 * step, base + 2 * step, base + step, base + step, base, torch.tensor(-0.9)])
+    assert strictly_greater_counts(row[None]).tolist() == [[0.0, 1.0, 2.0, 2.0, 4.0, 5.0]]
+    assert strictly_greater_counts(row[None].repeat(5, 1), chunk_elements=12).tolist() == [[0.0, 1.0, 2.0, 2.0, 4.0, 5.0]] * 5
+
+
+class _FixedItm:
+    """Stands in for a model whose ITM log-odds are 5.0 for every pair."""
+
+    device = torch.device("cpu")
+
+    def get_itm_logits(self, attention_mask, text_hidden_states, image_hidden_states):
+        return torch.tensor([[0.0, 5.0]]).repeat(len(attention_mask), 1)
+
+
+def test_rerank_order_outside_the_top_k_survives_near_ties():
+    base = torch.tensor(0.3)
+    step = torch.nextafter(base, torch.tensor(1.0)) - base
+    itc = torch.stack([base + 40 * step, base + 2 * step, base + step, base + step, base])[None]  # 1 image x 5 captions
+    encoded = EncodedSet(torch.zeros(1, 2), torch.zeros(5, 2), torch.zeros(1, 3, 2), torch.zeros(5, 3, 2), torch.ones(5, 3))
+    reranked = itm_rerank(_FixedItm(), encoded, itc, 1, image_queries=True)
+    assert reranked[0, 0].item() == 5.0
+    rest, before = reranked[0, 1:], itc[0, 1:]
+    assert torch.equal(rest[:, None] > rest[None, :], before[:, None] > before[None, :])
+    assert rest[1] == rest[2] and (rest < 5.0).all()
 
 
 def test_rerank_with_k_covering_everything_ranks_by_itm_alone(model_and_processor):
@@ -134,8 +170,15 @@ def run_cli(args, processes=1, timeout=240):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     command = [sys.executable, WORKER, *args]
     if processes > 1:
-        # on CPU, Accelerate runs several processes under torchrun (gloo) when told to use the CPU
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *command[1:]]
+        # the command train/launch.py prints for several CPU processes: Accelerate's multi-process launcher (torchrun,
+        # gloo) told to use the CPU; a free port, as tests may run side by side
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+        command = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_cpu_threads_per_process",
+                   "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(port), *command[1:]]
         env["ACCELERATE_USE_CPU"] = "true"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from train.data import decode_image, load_pairs  # noqa: E402
+from train.launch import check_launch  # noqa: E402
 from train.retrieval_metrics import retrieval_metrics  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,10 +244,25 @@ def itm_rerank(model, encoded: EncodedSet, itc_similarity: torch.Tensor, k: int,
         )
         itm.append((logits[:, 1] - logits[:, 0]).float().cpu().view(-1, k))
     itm = _gather(torch.cat(itm) if itm else torch.empty(0, k), accelerator)
-    # everything outside the top k stays in ITC order, strictly below the lowest ITM score
-    reranked = scores.float() - scores.max() + itm.min() - 1.0
+    # everything outside the top k keeps its ITC order, strictly below the lowest ITM score. The order is carried by
+    # integer ranks, not by shifted ITC scores: shifting by a constant rounds nearly equal scores together or apart
+    reranked = (itm.min() - 1.0) - strictly_greater_counts(scores)
     reranked.scatter_(1, top_index, itm)
     return reranked if image_queries else reranked.t()
+
+
+def strictly_greater_counts(scores: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+    """For every entry, how many entries of its row are strictly greater (float32): 0 for the row's best, equal
+    entries get equal counts. A rank that keeps the row's order and ties exactly; rows are sorted in chunks."""
+    n_rows, n_columns = scores.shape
+    counts = torch.empty(n_rows, n_columns, dtype=torch.float32)
+    step = max(1, chunk_elements // max(n_columns, 1))
+    for start in range(0, n_rows, step):
+        block = scores[start : start + step].float().cpu().contiguous()
+        ascending = block.sort(dim=1).values
+        not_greater = torch.searchsorted(ascending, block, right=True)  # entries <= each entry, itself included
+        counts[start : start + step] = (n_columns - not_greater).float()
+    return counts
 
 
 def evaluate_retrieval(
@@ -353,6 +369,7 @@ def evaluate_from_command_line(argv) -> dict:
 
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
     accelerator = Accelerator()
+    check_launch(accelerator, "train/evaluate_retrieval.py")
     model = SiscModel.from_pretrained(args.model).to(accelerator.device)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     with accelerator.main_process_first():

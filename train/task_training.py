@@ -28,6 +28,8 @@ from accelerate.utils import set_seed  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
+from train.launch import check_launch  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 
@@ -128,6 +130,7 @@ def fine_tune(model, train_rows, collate, args: TaskTrainingArguments, *, valida
     "last_loss", "accelerator"}.
     """
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    check_launch(accelerator)
     set_seed(args.seed)
     loader = DataLoader(
         train_rows, batch_size=args.per_device_batch_size, shuffle=True, collate_fn=collate, num_workers=args.num_workers,
