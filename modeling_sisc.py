@@ -326,12 +326,26 @@ class SiscFusionLayer(GradientCheckpointingLayer):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask=None):
+    def forward(
+        self,
+        hidden_states,
+        attention_mask,
+        encoder_hidden_states,
+        encoder_attention_mask=None,
+        second_encoder_hidden_states=None,
+        *,
+        second_crossattention: nn.Module | None = None,
+        branch_merge: nn.Module | None = None,
+    ):
+        """`second_encoder_hidden_states` (NLVR's second image): the text also attends to them with
+        `second_crossattention`, and `branch_merge` merges the two branches' outputs before the feed-forward block.
+        Tensors are positional so that gradient checkpointing carries their gradients."""
         hidden_states, _ = self.attention(hidden_states, attention_mask)
-        hidden_states, _ = self.crossattention(
-            hidden_states, None, encoder_hidden_states, encoder_attention_mask
-        )
-        return self.output(self.intermediate(hidden_states), hidden_states)
+        attended, _ = self.crossattention(hidden_states, None, encoder_hidden_states, encoder_attention_mask)
+        if second_encoder_hidden_states is not None:
+            second, _ = second_crossattention(hidden_states, None, second_encoder_hidden_states)
+            attended = branch_merge(torch.cat([attended, second], dim=-1))
+        return self.output(self.intermediate(attended), attended)
 
 
 class SiscFusionEncoder(nn.Module):
@@ -1681,11 +1695,7 @@ class SiscForVisualReasoning(_SiscTaskModel):
         hidden_states = sisc.encode_text(input_ids, attention_mask, token_type_ids)[0].last_hidden_state
         mask = create_bidirectional_mask(config=fusion.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         for layer, second, merge in zip(fusion.layer, self.second_crossattention, self.branch_merge):
-            hidden_states, _ = layer.attention(hidden_states, mask)
-            first_branch, _ = layer.crossattention(hidden_states, None, left)
-            second_branch, _ = second(hidden_states, None, right)
-            hidden_states = merge(torch.cat([first_branch, second_branch], dim=-1))
-            hidden_states = layer.output(layer.intermediate(hidden_states), hidden_states)
+            hidden_states = layer(hidden_states, mask, left, None, right, second_crossattention=second, branch_merge=merge)
         return hidden_states
 
     def forward(

@@ -603,42 +603,65 @@ def test_invalid_setting_made_after_construction_is_caught_on_save(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")  # renamed activation_* in v5
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
-    from transformers.modeling_layers import GradientCheckpointingLayer
+def _checkpointing_case(name):
+    """(model in train mode, a function computing its loss) for one model class; the ITM hard negatives and MLM
+    masks are drawn under a fixed seed, so that two runs compute the same loss."""
+    from modeling_sisc import SiscForQuestionAnswering, SiscForVisualReasoning
 
     torch.manual_seed(4)
-    model = SiscForPreTraining(tiny_config()).train()  # dropout 0: train mode is deterministic given the seed
     batch = pairs(4, seed=6)
-    mlm_input_ids, mlm_labels = model.mask_tokens(batch["input_ids"], batch["attention_mask"])
+    if name == "SiscModel":
+        model = SiscModel(tiny_config())  # the ITC loss and the ITM logits (which run the fusion layers)
+        return model.train(), lambda: model(**batch, return_loss=True).loss + model.get_itm_logits(**batch).logsumexp(-1).mean()
+    if name == "SiscForPreTraining":
+        model = SiscForPreTraining(tiny_config())
+        mlm_input_ids, mlm_labels = model.mask_tokens(batch["input_ids"], batch["attention_mask"])
+
+        def loss():
+            torch.manual_seed(11)  # the same ITM hard negatives
+            return model(**batch, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels).loss
+
+        return model.train(), loss
+    if name == "SiscForQuestionAnswering":
+        model = SiscForQuestionAnswering(tiny_config(vqa_answers=["a", "b", "c"]))
+        answers, answer_mask = make_text(3, length=4, seed=8)
+        labels = torch.tensor([[1.0, 0, 0], [0, 0.6, 0], [0, 0, 1], [0.3, 1, 0]])
+        return model.train(), lambda: model(**batch, labels=labels, answer_list_input_ids=answers,
+                                            answer_list_attention_mask=answer_mask).loss
+    model = SiscForVisualReasoning(tiny_config())
+    right = make_pixels(4, seed=9)
+    return model.train(), lambda: model(**batch, pixel_values_2=right, labels=torch.tensor([0, 1, 1, 0])).loss
+
+
+@pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")  # renamed activation_* in v5
+@pytest.mark.parametrize("name", ["SiscModel", "SiscForPreTraining", "SiscForQuestionAnswering", "SiscForVisualReasoning"])
+def test_gradient_checkpointing_recomputes_every_layer_and_keeps_the_gradients(name):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model, compute_loss = _checkpointing_case(name)
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert len(layers) >= 6  # 2 ViT + 2 BERT + 2 fusion (+ the VQA answer decoder's layers)
+    runs = [0] * len(layers)  # how often each layer's computation ran: its first sub-module's forward calls
+    for index, layer in enumerate(layers):
+        next(layer.children()).register_forward_hook(lambda *_, i=index: runs.__setitem__(i, runs[i] + 1))
 
     def run():
         model.zero_grad(set_to_none=True)
-        torch.manual_seed(11)  # the same ITM hard negatives
-        out = model(**batch, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels)
-        out.loss.backward()
-        losses = [out.loss.detach(), out.loss_itc.detach(), out.loss_itm.detach(), out.loss_mlm.detach()]
-        return losses, {name: p.grad.clone() for name, p in model.named_parameters()}
+        runs[:] = [0] * len(layers)
+        loss = compute_loss()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, list(runs)
 
-    losses_plain, grads_plain = run()
+    loss_plain, grads_plain, runs_plain = run()
     model.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    assert len(layers) == 6 and all(layer.gradient_checkpointing for layer in layers)  # 2 ViT + 2 BERT + 2 fusion
-    calls = [0] * len(layers)
-    for index, layer in enumerate(layers):  # count the checkpointed calls: each layer must really be checkpointed
-        def counted(*args, _index=index, _func=layer._gradient_checkpointing_func, **kwargs):
-            calls[_index] += 1
-            return _func(*args, **kwargs)
-
-        layer._gradient_checkpointing_func = counted
-    losses_ckpt, grads_ckpt = run()
-    assert all(count > 0 for count in calls), calls
-    for got, want in zip(losses_ckpt, losses_plain):
-        torch.testing.assert_close(got, want)
-    assert grads_ckpt.keys() == grads_plain.keys()
-    for name in grads_plain:
-        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert model.is_gradient_checkpointing and all(layer.gradient_checkpointing for layer in layers)
+    loss_ckpt, grads_ckpt, runs_ckpt = run()
+    # every layer ran once more than without checkpointing: its forward was recomputed in the backward pass
+    assert all(ckpt == plain + plain for ckpt, plain in zip(runs_ckpt, runs_plain)) and min(runs_plain) > 0, (runs_plain, runs_ckpt)
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    assert grads_ckpt.keys() == grads_plain.keys() and len(grads_plain) > 20
+    for n in grads_plain:
+        torch.testing.assert_close(grads_ckpt[n], grads_plain[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
 # --------------------------------------------------------------------------------------------------------------
