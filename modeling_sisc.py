@@ -628,32 +628,56 @@ class SiscModel(SiscPreTrainedModel):
         """exp(logit_scale) = 1 / temperature, with the temperature kept in [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
         return self.logit_scale.clamp(math.log(1 / MAX_TEMPERATURE), math.log(1 / MIN_TEMPERATURE)).exp()
 
-    def compute_regulation_weights(
+    def negative_weights(
         self,
-        student_cos: torch.Tensor,
+        cos: torch.Tensor,
         teacher_cos: torch.Tensor | None = None,
         alpha: float | None = None,
         ignore_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(weights_t2i, weights_i2t) per config for a text x image cosine matrix; (None, None) for InfoNCE.
+    ) -> torch.Tensor | None:
+        """Weights of the candidates (columns) as negatives of each anchor (row) per config, from the student's
+        cosine similarities and, mixed in by `alpha`, the teacher's; None for InfoNCE without ignored pairs.
 
-        `ignore_mask` (text x image, bool) marks off-diagonal pairs that are not negatives (same image).
-        """
+        `ignore_mask` (anchors x candidates, bool) marks off-diagonal pairs that are not negatives (same image)."""
         config = self.config
         if teacher_cos is not None and alpha is None:
             raise ValueError("teacher similarities were given without alpha: pass alpha (see SiscConfig.alpha_at)")
         if config.contrastive_loss == "infonce":
             if ignore_mask is None:
-                return None, None
-            ones = torch.ones_like(student_cos, dtype=torch.float32)
-            return ones.masked_fill(ignore_mask, 0.0), ones.masked_fill(ignore_mask.t(), 0.0)
-        similarity = mixed_similarity(student_cos, teacher_cos, alpha if alpha is not None else 0.0)
-        kwargs = dict(delta=config.delta, norm=config.weight_norm, threshold=config.removal_threshold)
-        weights_t2i = regulation_weights(similarity, ignore_mask=ignore_mask, **kwargs)
-        weights_i2t = regulation_weights(
-            similarity.t(), ignore_mask=None if ignore_mask is None else ignore_mask.t(), **kwargs
+                return None
+            return torch.ones_like(cos, dtype=torch.float32).masked_fill(ignore_mask, 0.0)
+        similarity = mixed_similarity(cos, teacher_cos, alpha if alpha is not None else 0.0)
+        return regulation_weights(
+            similarity, ignore_mask=ignore_mask, delta=config.delta, norm=config.weight_norm, threshold=config.removal_threshold
         )
-        return weights_t2i, weights_i2t
+
+    def itc_loss(
+        self,
+        cos_t2i: torch.Tensor,
+        cos_i2t: torch.Tensor,
+        *,
+        teacher_t2i: torch.Tensor | None = None,
+        teacher_i2t: torch.Tensor | None = None,
+        alpha: float | None = None,
+        ignore_t2i: torch.Tensor | None = None,
+        ignore_i2t: torch.Tensor | None = None,
+        targets_t2i: torch.Tensor | None = None,
+        targets_i2t: torch.Tensor | None = None,
+    ):
+        """The one place the (regulated) ITC loss is assembled, for in-batch negatives and for a queue of them.
+
+        `cos_t2i` (texts x candidate images) and `cos_i2t` (images x candidate texts): cosine similarities whose
+        column i is row i's positive; `teacher_*` the teacher's cosines in the same layout; `ignore_*` pairs that
+        are not negatives; `targets_*` soft targets (momentum distillation), default the positive alone. The weights
+        come from the detached similarities. Returns (loss, weights_t2i, weights_i2t)."""
+        weights_t2i = self.negative_weights(cos_t2i.detach(), teacher_t2i, alpha, ignore_t2i)
+        weights_i2t = self.negative_weights(cos_i2t.detach(), teacher_i2t, alpha, ignore_i2t)
+        scale = self.logit_scale_value()
+        loss = (
+            anchor_contrastive_loss(scale * cos_t2i, weights_t2i, targets_t2i)
+            + anchor_contrastive_loss(scale * cos_i2t, weights_i2t, targets_i2t)
+        ) / 2.0
+        return loss, weights_t2i, weights_i2t
 
     def contrastive_loss(
         self,
@@ -706,10 +730,11 @@ class SiscModel(SiscPreTrainedModel):
             known = false_negative_mask.to(text_embeds.device, torch.bool)
             known = known & ~torch.eye(known.shape[0], dtype=torch.bool, device=known.device)  # positives stay
             ignore_mask = known if ignore_mask is None else ignore_mask | known
-        student_cos = text_embeds @ image_embeds.t()
-        weights_t2i, weights_i2t = self.compute_regulation_weights(student_cos.detach(), teacher_cos, alpha, ignore_mask)
-        loss = regulated_contrastive_loss(self.logit_scale_value() * student_cos, weights_t2i, weights_i2t)
-        return loss, weights_t2i, weights_i2t
+        cos = text_embeds @ image_embeds.t()
+        return self.itc_loss(
+            cos, cos.t(), teacher_t2i=teacher_cos, teacher_i2t=None if teacher_cos is None else teacher_cos.t(), alpha=alpha,
+            ignore_t2i=ignore_mask, ignore_i2t=None if ignore_mask is None else ignore_mask.t(),
+        )
 
     def forward(
         self,
@@ -1010,35 +1035,24 @@ class SiscForPreTraining(SiscPreTrainedModel):
         teacher_t2i = teacher_i2t = None
         teacher_image = teacher_text = None
         if teacher_image_embeds is not None:
-            if alpha is None:
-                raise ValueError("teacher embeddings were given without alpha: pass alpha (see SiscConfig.alpha_at)")
             teacher_image = F.normalize(gather(teacher_image_embeds.detach()).float(), dim=-1)
             teacher_text = F.normalize(gather(teacher_text_embeds.detach()).float(), dim=-1)
             teacher_t2i = teacher_text @ torch.cat([teacher_image, queue["teacher_image"]]).t()
             teacher_i2t = teacher_image @ torch.cat([teacher_text, queue["teacher_text"]]).t()
 
         scale = sisc.logit_scale_value()
-        cos_t2i = text_embeds @ image_candidates.t()
-        cos_i2t = image_embeds @ text_candidates.t()
-        weights_t2i = weights_i2t = None
-        if config.contrastive_loss == "srcl":
-            kwargs = dict(delta=config.delta, norm=config.weight_norm, threshold=config.removal_threshold)
-            a = alpha if alpha is not None else 0.0
-            weights_t2i = regulation_weights(mixed_similarity(cos_t2i, teacher_t2i, a), ignore_mask=ignore, **kwargs)
-            weights_i2t = regulation_weights(mixed_similarity(cos_i2t, teacher_i2t, a), ignore_mask=ignore, **kwargs)
-        else:
-            weights_t2i = weights_i2t = (~ignore).float()
         with torch.no_grad():
-            one_hot = torch.zeros_like(cos_t2i, dtype=torch.float32)
-            one_hot[torch.arange(batch), torch.arange(batch)] = 1.0
             soft_t2i = torch.softmax(scale.detach() * (text_m @ image_candidates.t()).float(), dim=1)
             soft_i2t = torch.softmax(scale.detach() * (image_m @ text_candidates.t()).float(), dim=1)
+            one_hot = torch.zeros_like(soft_t2i)
+            one_hot[torch.arange(batch), torch.arange(batch)] = 1.0
             targets_t2i = config.distill_alpha * soft_t2i + (1 - config.distill_alpha) * one_hot
             targets_i2t = config.distill_alpha * soft_i2t + (1 - config.distill_alpha) * one_hot
-        loss = (
-            anchor_contrastive_loss(scale * cos_t2i, weights_t2i, targets_t2i)
-            + anchor_contrastive_loss(scale * cos_i2t, weights_i2t, targets_i2t)
-        ) / 2.0
+        loss, weights_t2i, weights_i2t = sisc.itc_loss(
+            text_embeds @ image_candidates.t(), image_embeds @ text_candidates.t(), teacher_t2i=teacher_t2i,
+            teacher_i2t=teacher_i2t, alpha=alpha, ignore_t2i=ignore, ignore_i2t=ignore, targets_t2i=targets_t2i,
+            targets_i2t=targets_i2t,
+        )
         if self.training:
             momentum.enqueue(image_m, text_m, ids, teacher_image, teacher_text)
         return loss, weights_t2i, weights_i2t
