@@ -1105,6 +1105,48 @@ class SiscForPreTraining(SiscPreTrainedModel):
         columns = torch.multinomial(probs[rows], 1).flatten()
         return rows, columns
 
+    def itm_loss(self, text_states, attention_mask, image_states, logits_per_text, image_ids=None, false_negative_mask=None):
+        """ITM: the pairs, plus for each text a hard negative image and for each image a hard negative text, drawn in
+        proportion to the contrastive similarity (positives, same-image pairs and known false negatives excluded).
+        Returns (loss, logits, labels)."""
+        batch = text_states.shape[0]
+        device = text_states.device
+        not_negative = torch.eye(batch, dtype=torch.bool, device=device)
+        if image_ids is not None:
+            not_negative |= image_ids.view(-1, 1) == image_ids.view(1, -1)
+        if false_negative_mask is not None:  # the global mask: this process's pairs are its diagonal block
+            start = 0 if false_negative_mask.shape[0] == batch else torch.distributed.get_rank() * batch
+            block = false_negative_mask[start : start + batch, start : start + batch]
+            not_negative |= block.to(device, torch.bool)
+        text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative)
+        image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative)
+        itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
+        itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
+        itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
+        fused = self.sisc.fuse(itm_text_states, itm_text_mask, itm_image_states)
+        logits = self.sisc.itm_head(fused[:, 0])
+        labels = torch.cat(
+            [
+                torch.ones(batch, dtype=torch.long, device=device),
+                torch.zeros(text_rows.numel() + image_rows.numel(), dtype=torch.long, device=device),
+            ]
+        )
+        return F.cross_entropy(logits.float(), labels), logits, labels
+
+    def mlm_loss(self, input_ids, attention_mask, token_type_ids, image_states, mlm_input_ids=None, mlm_labels=None):
+        """MLM: masked caption tokens predicted by the fusion encoder, conditioned on the paired image; the captions
+        are masked here (`mask_tokens`) unless already masked ones are given. Returns (loss, logits)."""
+        if (mlm_input_ids is None) != (mlm_labels is None):
+            raise ValueError("pass both mlm_input_ids and mlm_labels, or neither")
+        if mlm_input_ids is None:
+            mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, attention_mask)
+        sisc = self.sisc
+        text = sisc.text_model(input_ids=mlm_input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        logits = self.mlm_head(sisc.fuse(text.last_hidden_state, attention_mask, image_states))
+        if bool((mlm_labels != -100).any()):
+            return F.cross_entropy(logits.float().flatten(0, 1), mlm_labels.flatten(), ignore_index=-100), logits
+        return logits.sum() * 0.0, logits  # nothing masked (very short captions): a zero that keeps the graph connected
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1181,45 +1223,14 @@ class SiscForPreTraining(SiscPreTrainedModel):
         itm_logits = itm_labels = mlm_logits = None
         loss_itm = loss_mlm = zero
 
-        # ITM: positives, plus for each text a hard negative image and for each image a hard negative text,
-        # drawn in proportion to the contrastive similarity (positives and same-image pairs excluded).
         if config.itm_loss_weight > 0:
-            batch = input_ids.shape[0]
-            not_negative = torch.eye(batch, dtype=torch.bool, device=input_ids.device)
-            if image_ids is not None:
-                not_negative |= image_ids.view(-1, 1) == image_ids.view(1, -1)
-            if false_negative_mask is not None:  # the global mask: this process's pairs are its diagonal block
-                start = 0 if false_negative_mask.shape[0] == batch else torch.distributed.get_rank() * batch
-                block = false_negative_mask[start : start + batch, start : start + batch]
-                not_negative |= block.to(not_negative.device, torch.bool)
-            text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative)
-            image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative)
-            itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
-            itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
-            itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
-            fused = sisc.fuse(itm_text_states, itm_text_mask, itm_image_states)
-            itm_logits = sisc.itm_head(fused[:, 0])
-            itm_labels = torch.cat(
-                [
-                    torch.ones(batch, dtype=torch.long, device=input_ids.device),
-                    torch.zeros(text_rows.numel() + image_rows.numel(), dtype=torch.long, device=input_ids.device),
-                ]
+            loss_itm, itm_logits, itm_labels = self.itm_loss(
+                text_states, attention_mask, image_states, logits_per_text, image_ids, false_negative_mask
             )
-            loss_itm = F.cross_entropy(itm_logits.float(), itm_labels)
-
-        # MLM: predict masked caption tokens from the fusion encoder, conditioned on the paired image.
         if config.mlm_loss_weight > 0:
-            if (mlm_input_ids is None) != (mlm_labels is None):
-                raise ValueError("pass both mlm_input_ids and mlm_labels, or neither")
-            if mlm_input_ids is None:
-                mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, attention_mask)
-            mlm_text = sisc.text_model(input_ids=mlm_input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-            mlm_fused = sisc.fuse(mlm_text.last_hidden_state, attention_mask, image_states)
-            mlm_logits = self.mlm_head(mlm_fused)
-            if bool((mlm_labels != -100).any()):
-                loss_mlm = F.cross_entropy(mlm_logits.float().flatten(0, 1), mlm_labels.flatten(), ignore_index=-100)
-            else:  # nothing masked in this batch (very short captions): a zero that keeps the graph connected
-                loss_mlm = mlm_logits.sum() * 0.0
+            loss_mlm, mlm_logits = self.mlm_loss(
+                input_ids, attention_mask, token_type_ids, image_states, mlm_input_ids, mlm_labels
+            )
 
         loss = (
             config.itc_loss_weight * loss_itc + config.itm_loss_weight * loss_itm + config.mlm_loss_weight * loss_mlm
