@@ -145,24 +145,31 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
 
 
 def decode_image(value) -> Image.Image:
-    """A PIL RGB image from a datasets Image value, a path or raw bytes; raises on anything unreadable."""
+    """A fully loaded PIL image from a datasets Image value, a path or raw bytes; raises on anything unreadable.
+
+    The image keeps its own mode (16-bit, RGBA, palette, ...): converting it to RGB is the processor's job
+    (`processing_sisc.SiscProcessor` maps 16-bit to 8-bit and composites transparency onto white), so training,
+    evaluation and inference see the same pixels. `modeling_sisc.SiscModel._load_image` is the model file's
+    standalone twin of this function (it cannot import from train/) and must stay equivalent.
+    """
     if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
+        value.load()
+        return value
+    if isinstance(value, dict):
         if value.get("bytes") is not None:
-            image = Image.open(io.BytesIO(value["bytes"]))
+            source = io.BytesIO(value["bytes"])
         elif value.get("path"):
-            image = Image.open(value["path"])
+            source = value["path"]
         else:
             raise ValueError("image entry has neither bytes nor path")
     elif isinstance(value, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(value))
-    elif isinstance(value, str):
-        image = Image.open(value)
+        source = io.BytesIO(value)
+    elif isinstance(value, (str, os.PathLike)):
+        source = value
     else:
         raise ValueError(f"cannot read an image from {type(value).__name__}")
-    image.load()  # force decoding now, so truncated files fail here
-    return image.convert("RGB")
+    with Image.open(source) as opened:
+        return opened.copy()  # decodes now (a truncated file fails here, in the collator) and closes the file
 
 
 @dataclass
