@@ -249,9 +249,62 @@ def test_data_formats_load_as_pairs(pairs_file, tmp_path):
     assert len(rows) == 3 and sorted(rows["caption"]) == ["picture 0", "picture 1", "picture 2"]
 
     with pytest.raises(ValueError, match="no column 'caption'"):
-        load_pairs(os.path.join(folder, "pairs.csv"), image_column="path")
+        load_pairs(os.path.join(folder, "pairs.csv"), image_column="path", caption_column="caption")
     with pytest.raises(FileNotFoundError):
         load_pairs(str(tmp_path / "nowhere"))
+
+
+def test_caption_and_image_columns_are_found_by_their_usual_names(pairs_file, tmp_path):
+    import datasets
+
+    from train.data import load_pairs
+
+    # an imagefolder whose captions are in a `text` column (the common name) loads without --caption_column
+    image_folder = tmp_path / "imagefolder"
+    image_folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(image_folder / f"{i}.png")
+    (image_folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "text": f"picture {i}"}) + "\n" for i in range(3))
+    )
+    rows = load_pairs(str(image_folder))
+    assert sorted(rows["caption"]) == ["picture 0", "picture 1", "picture 2"]
+    # a CSV of `path`, `Sentence` columns: both found (names in any case)
+    folder = os.path.dirname(pairs_file)
+    table = datasets.Dataset.from_dict({"id": [1, 2], "path": ["img0.png", "img1.png"], "Sentence": ["a red", "a green"]})
+    table.to_csv(tmp_path / "pairs.csv", index=False)
+    rows = load_pairs(str(tmp_path / "pairs.csv"), image_root=folder)
+    assert rows["caption"] == ["a red", "a green"] and rows[0]["image"] == os.path.join(folder, "img0.png")
+    # explicit flags win over the usual names
+    table.add_column("caption", ["x", "y"]).to_csv(tmp_path / "two.csv", index=False)
+    assert load_pairs(str(tmp_path / "two.csv"))["caption"] == ["x", "y"]
+    assert load_pairs(str(tmp_path / "two.csv"), caption_column="Sentence")["caption"] == ["a red", "a green"]
+    # no usual name: the error names the columns seen and the flag
+    datasets.Dataset.from_dict({"path": ["img0.png"], "words": ["a red"]}).to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(ValueError, match=r"no caption column found among its columns \['path', 'words'\].*--caption_column"):
+        load_pairs(str(tmp_path / "odd.csv"))
+    datasets.Dataset.from_dict({"picture": ["img0.png"], "text": ["a red"]}).to_csv(tmp_path / "odd2.csv", index=False)
+    with pytest.raises(ValueError, match=r"no image column found .*--image_column"):
+        load_pairs(str(tmp_path / "odd2.csv"))
+    assert load_pairs(str(tmp_path / "odd2.csv"), image_column="picture", image_root=folder)["caption"] == ["a red"]
+
+
+def test_a_split_the_data_lacks_fails_at_start_up(pairs_file, tmp_path):
+    # a data file has one split: evaluating its "test" split would evaluate on the training rows
+    with pytest.raises(ValueError, match=r"--eval_split 'test': .*single data file.*--eval_dataset.*--eval_split ''"):
+        train(pairs_file, tmp_path / "no_eval", "--eval_split", "test", "--max_steps", "1")
+    with pytest.raises(ValueError, match=r"--validation_split 'val': .*--validation_dataset"):
+        train(pairs_file, tmp_path / "no_val", "--validation_split", "val", "--max_steps", "1")
+    assert not (tmp_path / "no_eval" / "model.safetensors").exists()
+    # a separate evaluation file is evaluated whole and named in the model card
+    folder = os.path.dirname(pairs_file)
+    eval_file = tmp_path / "held_out.jsonl"
+    eval_file.write_text("".join(json.dumps({"image": os.path.join(folder, f"img{i}.png"), "caption": f"square {i}"}) + "\n"
+                                 for i in range(4)))
+    result = train(pairs_file, tmp_path / "ok", "--eval_split", "test", "--eval_dataset", str(eval_file), "--max_steps", "1")
+    assert result["metrics"]["tr_r5"] == result["metrics"]["ir_r5"] == 100.0  # 4 images: not the 40 training ones
+    card = (tmp_path / "ok" / "README.md").read_text()
+    assert "**test** split of " + str(eval_file) in card
 
 
 def test_momentum_encoder_added_to_a_checkpoint_starts_as_a_copy(tmp_path):

@@ -10,6 +10,9 @@ Accepted sources (`load_pairs`):
   Flickr30K retrieval splits; `restval` counts as train, `validation` / `dev` mean `val`).
 A caption column may hold one caption or a list of captions; lists are expanded to one row per (image, caption)
 pair, and every row carries an `image_id` so that captions of one image are never each other's negatives.
+Without --image_column / --caption_column the columns are found by their usual names (`IMAGE_COLUMNS`,
+`CAPTION_COLUMNS`). Splits are the data's own: a single data file (or saved `Dataset`) is the one split "train";
+asking for another is an error that names the splits there are, never a silent read of the training rows.
 """
 
 from __future__ import annotations
@@ -68,46 +71,134 @@ def read_karpathy_split(path: str, split: str, image_root: str | None = None) ->
     return images, captions
 
 
+# Column names looked for, in this order, when --image_column / --caption_column are not given.
+CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "txt", "description", "title")
+IMAGE_COLUMNS = ("image", "img", "jpg", "png", "image_path", "file_name", "filepath", "path")
+
+
+def _has_dataset_dict(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "dataset_dict.json"))
+
+
+def has_own_splits(source: str) -> bool:
+    """False for a source without splits of its own, a single data file or a saved single `Dataset`, which is read
+    whole as the split "train" (the name `datasets` gives it); True for Karpathy JSON, a saved `DatasetDict`, an
+    imagefolder (and anything else, which the loaders then reject)."""
+    if os.path.isfile(source):
+        return is_karpathy_json(source)
+    return not (_is_saved_dataset(source) and not _has_dataset_dict(source))
+
+
+def data_splits(source: str) -> list[str]:
+    """The split names of `source` (not "shapes"): a single data file or saved `Dataset` has the one split "train";
+    Karpathy JSON the splits of its entries ("restval" counts as "train"); a saved `DatasetDict` or an imagefolder
+    its own."""
+    if not has_own_splits(source):
+        return ["train"]
+    if is_karpathy_json(source):
+        with open(source) as handle:
+            entries = json.load(handle)["images"]
+        return sorted({"train" if e.get("split") == "restval" else str(e.get("split")) for e in entries})
+    if _is_saved_dataset(source):
+        with open(os.path.join(source, "dataset_dict.json")) as handle:
+            return list(json.load(handle)["splits"])
+    if os.path.isdir(source):  # the splits `datasets` infers from the folder layout, without reading the images
+        return [str(name) for name in datasets.load_dataset_builder("imagefolder", data_dir=source).config.data_files]
+    raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
+
+
+def missing_split(source: str, split: str) -> str | None:
+    """None when `source` has the split `split`, otherwise a sentence that names the splits it has."""
+    splits = data_splits(source)
+    wanted = KARPATHY_SPLIT_ALIASES.get(split, split) if is_karpathy_json(source) else split
+    if wanted in splits:
+        return None
+    if not has_own_splits(source):
+        return (f"{source!r} has no split {split!r}: it is a single data file (or saved Dataset) without splits of its "
+                "own, read whole as the one split 'train'")
+    return f"{source!r} has no split {split!r}; its splits are {splits}"
+
+
+def _find_column(source: str, columns: list[str], given: str | None, candidates: tuple[str, ...], what: str,
+                 features=None) -> str:
+    """`given` when it is a column; else the first of `candidates` present (any case; for images, else the one
+    column of `datasets.Image` type); else a ValueError naming the columns and the flag to pass."""
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"dataset {source!r} has no column {given!r}; its columns are {columns}")
+        return given
+    by_lower = {}
+    for name in columns:
+        by_lower.setdefault(name.lower(), name)
+    found = next((by_lower[c] for c in candidates if c in by_lower), None)
+    if found is None and what == "image":
+        typed = [name for name, feature in (features or {}).items() if isinstance(feature, datasets.Image)]
+        found = typed[0] if len(typed) == 1 else None
+    if found is None:
+        raise ValueError(
+            f"dataset {source!r}: no {what} column found among its columns {columns} (looked for {list(candidates)}); "
+            f"name it with --{what}_column"
+        )
+    if found != candidates[0]:
+        logger.info("%s: %ss read from the column %r (pass --%s_column to choose another)", source, what, found, what)
+    return found
+
+
 def load_pairs(
     source: str,
     split: str = "train",
     *,
-    image_column: str = "image",
-    caption_column: str = "caption",
+    image_column: str | None = None,
+    caption_column: str | None = None,
     streaming: bool = False,
     image_root: str | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Load an image-caption dataset (see module docstring) as rows with `image`, `caption` and `image_id`.
+
+    `split` must be a split the data has (a ValueError names the ones it has): a single data file or saved `Dataset`
+    has only "train". `image_column` / `caption_column`: None finds them among `IMAGE_COLUMNS` / `CAPTION_COLUMNS`.
     `image_root`: the folder relative image paths are under (default: the data file's folder)."""
     base_dir = image_root
     if is_karpathy_json(source):
-        images, captions = read_karpathy_split(source, split, image_root)
+        images, captions = read_karpathy_split(source, split, image_root)  # names the file's splits when it lacks one
         ds = datasets.Dataset.from_dict({"image": images, "caption": captions})
         return expand_captions(ds.to_iterable_dataset() if streaming else ds)
     if _is_saved_dataset(source):
         loaded = datasets.load_from_disk(source)
-        ds = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{source!r} has no split {split!r}; its splits are {list(loaded)}")
+            ds = loaded[split]
+        else:
+            if split != "train":
+                raise ValueError(missing_split(source, split))
+            ds = loaded
         if streaming:
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(source):
+        problem = missing_split(source, split)
+        if problem:
+            raise ValueError(problem)
         ds = datasets.load_dataset("imagefolder", data_dir=source, split=split, streaming=streaming)
     elif os.path.isfile(source):
         extension = os.path.splitext(source)[1].lower()
         if extension not in FILE_BUILDERS:
             raise ValueError(f"unsupported data file {source!r}: use one of {sorted(FILE_BUILDERS)}")
+        if split != "train":  # a data file is one split; reading it as another would evaluate on training rows
+            raise ValueError(missing_split(source, split))
         ds = datasets.load_dataset(FILE_BUILDERS[extension], data_files=source, split="train", streaming=streaming)
         base_dir = image_root or os.path.dirname(os.path.abspath(source))
     else:
         raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
 
     columns = ds.column_names if ds.column_names is not None else list(ds.features or {})
-    for name in (image_column, caption_column):
-        if name not in columns:
-            raise ValueError(f"dataset {source!r} has no column {name!r}; its columns are {columns}")
-    if image_column != "image":
-        ds = ds.rename_column(image_column, "image")
-    if caption_column != "caption":
-        ds = ds.rename_column(caption_column, "caption")
+    image_column = _find_column(source, columns, image_column, IMAGE_COLUMNS, "image", ds.features)
+    caption_column = _find_column(source, columns, caption_column, CAPTION_COLUMNS, "caption")
+    for chosen, name in ((image_column, "image"), (caption_column, "caption")):
+        if chosen != name:  # the chosen column takes the name; a column already called so is not the one meant
+            if name in columns:
+                ds = ds.remove_columns([name])
+            ds = ds.rename_column(chosen, name)
     # Decode images in the collator (DataLoader workers), where a corrupt file can be skipped and counted.
     if isinstance((ds.features or {}).get("image"), datasets.Image):
         ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -124,6 +215,8 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
         for row, index in enumerate(indices):
             captions = batch["caption"][row]
             captions = captions if isinstance(captions, (list, tuple)) else [captions]
+            if not captions:
+                captions = [""]  # one row, which the collator skips and counts ("empty caption"), not none at all
             image = batch["image"][row]
             if base_dir is not None and isinstance(image, str) and not os.path.isabs(image):
                 image = os.path.join(base_dir, image)
