@@ -71,7 +71,8 @@ def test_image_root_and_max_images(karpathy, tmp_path):
 def test_pair_file_rows_of_one_image_form_one_item(tmp_path):
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 8), (3, 2, 1)).save(tmp_path / "b.png")
-    rows = [{"image": "a.png", "caption": ["one", "two"]}, {"image": "b.png", "caption": "three"}]
+    rows = [{"image": "a.png", "caption": ["one", "two"]}, {"image": "b.png", "caption": "three"},
+            {"image": "a.png", "caption": []}]  # no caption: no retrieval item (the training collator counts it)
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = load_retrieval_set(str(tmp_path / "pairs.jsonl"))
     assert data.captions == ["one", "two", "three"] and data.caption_to_image == [0, 0, 1] and len(data.images) == 2

@@ -125,6 +125,44 @@ def test_collator_skips_and_refills(bad_pairs_file):
     assert batch["pixel_values"].shape[0] == 5 and batch["image_ids"].tolist() == [0, 0, 0, 0, 0]
 
 
+def test_skips_name_their_files_and_empty_caption_lists_count(bad_pairs_file, tmp_path):
+    import datasets
+
+    from processing_sisc import build_default_processor
+    from train.data import PairCollator, SkipCounter, load_pairs, pop_bookkeeping
+
+    collate = PairCollator(build_default_processor(image_size=16))
+    folder = os.path.dirname(bad_pairs_file)
+    rows = load_pairs(bad_pairs_file)
+    seen, skipped, reasons, _ = pop_bookkeeping(collate([rows[0], *[rows[i] for i in range(len(rows) - 3, len(rows))]]))
+    # counted by kind, so that counts add up; a few examples per kind name the file
+    assert dict(reasons) == {"bad image (UnidentifiedImageError)": 1, "bad image (FileNotFoundError)": 1, "empty caption": 1}
+    assert reasons.examples["bad image (FileNotFoundError)"] == [os.path.join(folder, "missing.png") + " (no such file)"]
+    assert os.path.join(folder, "bad.png") in reasons.examples["bad image (UnidentifiedImageError)"][0]
+    counter = SkipCounter(max_bad_fraction=0.0)
+    counter.update(seen, skipped, reasons)
+    counter.update(seen, skipped, reasons)
+    assert counter.reasons["empty caption"] == 2 and len(counter.reasons.examples["empty caption"]) == 1
+    with pytest.raises(RuntimeError, match=r"bad image \(FileNotFoundError\): 2 \(e\.g\. .*missing\.png \(no such file\)\).*--image_root"):
+        counter.check()
+
+    # a CSV elsewhere whose paths are relative to the images' folder: the batch error names a path and --image_root
+    table = datasets.Dataset.from_dict({"image": ["img0.png", "img1.png"], "caption": ["a red square", "a green one"]})
+    table.to_csv(tmp_path / "pairs.csv", index=False)
+    missing = str(tmp_path / "img0.png")
+    with pytest.raises(RuntimeError, match=rf"every sample of a batch of 2 .*{missing} \(no such file\).*--image_root"):
+        collate(list(load_pairs(str(tmp_path / "pairs.csv"))))
+    assert collate(list(load_pairs(str(tmp_path / "pairs.csv"), image_root=folder)))["num_skipped"] == 0
+
+    # an image with an empty caption list is a counted skip, not a row that silently disappears
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"image": os.path.join(folder, "img0.png"), "caption": []}) + "\n"
+                                          + json.dumps({"image": os.path.join(folder, "img1.png"), "caption": ["one"]}) + "\n")
+    rows = load_pairs(str(tmp_path / "empty.jsonl"))
+    assert rows["caption"] == ["", "one"]
+    _, skipped, reasons, _ = pop_bookkeeping(collate(list(rows)))
+    assert skipped == 1 and dict(reasons) == {"empty caption": 1}
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(pairs_file, tmp_path_factory):
     """A tiny teacher trained with plain InfoNCE (as the paper's teacher is)."""

@@ -265,29 +265,87 @@ def decode_image(value) -> Image.Image:
         return opened.copy()  # decodes now (a truncated file fails here, in the collator) and closes the file
 
 
+class SkipReasons(Counter):
+    """{reason: count} of skipped rows, keyed by kind ("empty caption", "bad image (FileNotFoundError)") so that
+    counts add up over batches, and `examples`: {reason: the first few messages, naming the file}."""
+
+    max_examples = 3
+
+    def __init__(self, counts=None, examples=None):
+        super().__init__(counts or {})
+        self.examples = {reason: list(messages) for reason, messages in (examples or {}).items()}
+
+    def add(self, reason: str, example: str | None = None, count: int = 1) -> None:
+        self[reason] += count
+        kept = self.examples.setdefault(reason, [])
+        if example is not None and example not in kept and len(kept) < self.max_examples:
+            kept.append(example)
+
+    def merge(self, other: dict | None) -> None:
+        """Add another batch's counts (a SkipReasons or a plain dict) and keep its examples while there is room."""
+        for reason, count in (other or {}).items():
+            self[reason] += count
+        for reason, messages in getattr(other, "examples", {}).items():
+            for message in messages:
+                self.add(reason, message, count=0)
+
+    def describe(self) -> str:
+        parts = []
+        for reason, count in self.items():
+            examples = self.examples.get(reason)
+            parts.append(f"{reason}: {count}" + (f" (e.g. {'; '.join(examples)})" if examples else ""))
+        return ", ".join(parts) or "none"
+
+
 @dataclass
 class SkipCounter:
-    """Counts samples skipped for bad data, by reason, and fails once too large a fraction was bad."""
+    """Counts samples skipped for bad data, by reason (with a few examples each), and fails once too large a
+    fraction was bad."""
 
     max_bad_fraction: float = 0.05
     seen: int = 0
     skipped: int = 0
-    reasons: Counter = field(default_factory=Counter)
+    reasons: SkipReasons = field(default_factory=SkipReasons)
 
     def update(self, seen: int, skipped: int, reasons: dict | None = None) -> None:
         self.seen += int(seen)
         self.skipped += int(skipped)
-        self.reasons.update(reasons or {})
+        self.reasons.merge(reasons)
 
     def check(self, min_seen: int = 1) -> None:
         if self.seen >= min_seen and self.skipped > self.max_bad_fraction * self.seen:
             raise RuntimeError(
                 f"{self.skipped} of {self.seen} samples ({self.skipped / self.seen:.1%}) were unreadable or empty, "
-                f"more than the allowed {self.max_bad_fraction:.1%} (--max_bad_fraction); reasons: {dict(self.reasons)}"
+                f"more than the allowed {self.max_bad_fraction:.1%} (--max_bad_fraction); reasons: {self.reasons.describe()}"
+                + _missing_file_hint(self.reasons)
             )
 
     def report(self) -> str:
-        return f"skipped {self.skipped} of {self.seen} samples" + (f" ({dict(self.reasons)})" if self.skipped else "")
+        return f"skipped {self.skipped} of {self.seen} samples" + (f" ({self.reasons.describe()})" if self.skipped else "")
+
+
+def _missing_file_hint(reasons: dict) -> str:
+    if not reasons.get("bad image (FileNotFoundError)"):
+        return ""
+    return ("; relative image paths are resolved against the data file's folder: pass --image_root FOLDER when they "
+            "are relative to another folder")
+
+
+def _image_name(value) -> str:
+    """The file an image value comes from, for error messages."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, dict):
+        return str(value.get("path") or f"<{len(value.get('bytes') or b'')} bytes>")
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return f"<{type(value).__name__}>"
+
+
+def _failure_message(value, error: Exception) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"{_image_name(value)} (no such file)"
+    return f"{_image_name(value)}: {error}"
 
 
 class PairCollator:
@@ -295,7 +353,8 @@ class PairCollator:
 
     Skipped rows are replaced by copies of readable rows of the same batch (with the same image id, so a copy is
     never a negative of its original): every process keeps the same batch size, which the global-batch contrastive
-    loss needs. `num_seen` / `num_skipped` / `skip_reasons` report what happened.
+    loss needs. `num_seen` / `num_skipped` / `skip_reasons` ({reason: count}) / `skip_examples` ({reason: the first few
+    messages, naming the file}) report what happened.
     Extra numeric columns listed in `passthrough` (e.g. cached teacher embeddings) are stacked into tensors.
     `relevance_fn(rows) -> bool array (captions x images)`, when the data knows its ground truth, adds the batch's
     `relevance` matrix for the false-negative diagnostics.
@@ -307,20 +366,23 @@ class PairCollator:
         self.relevance_fn = relevance_fn
 
     def __call__(self, rows: list[dict]) -> dict:
-        kept, images, reasons = [], [], Counter()
+        kept, images, reasons = [], [], SkipReasons()
         for row in rows:
             caption = row.get("caption")
             if not isinstance(caption, str) or not caption.strip():
-                reasons["empty caption"] += 1
+                reasons.add("empty caption", f"{caption!r} of image {_image_name(row.get('image'))}")
                 continue
             try:
                 images.append(decode_image(row["image"]))
             except Exception as error:  # any unreadable image is skipped, whatever the decoder raised
-                reasons[f"bad image ({type(error).__name__})"] += 1
+                reasons.add(f"bad image ({type(error).__name__})", _failure_message(row["image"], error))
                 continue
             kept.append(row)
         if not kept:
-            raise RuntimeError(f"every sample of a batch of {len(rows)} was unreadable: {dict(reasons)}")
+            raise RuntimeError(
+                f"every sample of a batch of {len(rows)} was unreadable or empty: {reasons.describe()}"
+                + _missing_file_hint(reasons)
+            )
         order = [i % len(kept) for i in range(len(rows))]  # refill skipped slots with kept rows
         batch = self.processor(
             images=[images[i] for i in order],
@@ -338,10 +400,12 @@ class PairCollator:
             batch["relevance"] = torch.as_tensor(self.relevance_fn([kept[i] for i in order]), dtype=torch.bool)
         batch["num_seen"] = torch.tensor(len(rows))
         batch["num_skipped"] = torch.tensor(len(rows) - len(kept))
-        batch["skip_reasons"] = dict(reasons)
+        # plain dicts: Accelerate rebuilds mappings in a batch by their type, which would lose a SkipReasons' examples
+        batch["skip_reasons"], batch["skip_examples"] = dict(reasons), reasons.examples
         return batch
 
 
 def pop_bookkeeping(batch: dict) -> tuple[int, int, dict, torch.Tensor | None]:
     """Remove the collator's counters (and ground-truth relevance) from a batch before it goes to the model."""
-    return int(batch.pop("num_seen")), int(batch.pop("num_skipped")), batch.pop("skip_reasons"), batch.pop("relevance", None)
+    reasons = SkipReasons(batch.pop("skip_reasons"), batch.pop("skip_examples", None))
+    return int(batch.pop("num_seen")), int(batch.pop("num_skipped")), reasons, batch.pop("relevance", None)
