@@ -163,6 +163,43 @@ def test_skips_name_their_files_and_empty_caption_lists_count(bad_pairs_file, tm
     assert skipped == 1 and dict(reasons) == {"empty caption": 1}
 
 
+def test_captions_the_vocabulary_cannot_read_stop_training(pairs_file, tmp_path, caplog):
+    import logging
+
+    import datasets
+
+    from processing_sisc import build_default_processor
+    from train.data import check_caption_vocabulary
+
+    tokenizer = build_default_processor(image_size=16).tokenizer
+
+    def rows(captions):
+        return datasets.Dataset.from_dict({"image": ["x.png"] * len(captions), "caption": captions})
+
+    # Russian captions: every word is [UNK] with the shipped vocabulary; training stops, giving the numbers
+    russian = ["красный круг", "синий квадрат над зелёной звездой", "   ", "три маленьких шестиугольника"]
+    with pytest.raises(ValueError, match=r"100\.0% of 10 caption tokens \(3 captions\) are \[UNK\].*'синий квадрат "
+                                         r"над зелёной звездой' -> \[CLS\]( \[UNK\]){5} \[SEP\].*covers these captions"):
+        check_caption_vocabulary(rows(russian), tokenizer)
+    # English the vocabulary spells out letter by letter: a warning, training goes on
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        report = check_caption_vocabulary(rows(["a grinning face", "a red circle", "a blue square and a star"]), tokenizer)
+    assert report["unk_share"] == 0 and 0.3 < report["fragment_share"] < 0.6  # g ##r ##i ##n ##n ##ing
+    assert "single-letter word pieces" in caplog.text and "g ##r ##i ##n ##n ##ing" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        report = check_caption_vocabulary(rows(["a red circle", "two blue squares, left"]), tokenizer)
+    assert report["unk_share"] == report["fragment_share"] == 0 and not caplog.text
+    # the trainer checks before its first step
+    folder = os.path.dirname(pairs_file)
+    data = tmp_path / "russian.jsonl"
+    data.write_text("".join(json.dumps({"image": os.path.join(folder, f"img{i}.png"), "caption": russian[i % 4]}) + "\n"
+                            for i in range(16)))
+    with pytest.raises(ValueError, match=r"are \[UNK\]"):
+        train(str(data), tmp_path / "out", "--max_steps", "1")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(pairs_file, tmp_path_factory):
     """A tiny teacher trained with plain InfoNCE (as the paper's teacher is)."""

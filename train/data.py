@@ -409,3 +409,91 @@ def pop_bookkeeping(batch: dict) -> tuple[int, int, dict, torch.Tensor | None]:
     """Remove the collator's counters (and ground-truth relevance) from a batch before it goes to the model."""
     reasons = SkipReasons(batch.pop("skip_reasons"), batch.pop("skip_examples", None))
     return int(batch.pop("num_seen")), int(batch.pop("num_skipped")), reasons, batch.pop("relevance", None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Can the tokenizer read the captions? Captions in another script become all [UNK] and would train silently.
+
+UNK_WARN_SHARE = 0.05  # warn above this share of [UNK] among the caption tokens
+FRAGMENT_WARN_SHARE = 0.30  # warn above this share of single-letter word pieces
+UNK_MAX_SHARE = 0.50  # refuse to train above this share of [UNK]
+
+
+def vocabulary_report(input_ids, attention_mask, tokenizer, captions: list[str] | None = None) -> dict:
+    """How well a (WordPiece) tokenizer reads tokenized captions.
+
+    Counted over the real tokens (inside the attention mask, special tokens other than [UNK] left out):
+    `unk_share`, the share of [UNK]; `fragment_share`, the share of single-character pieces of words split into
+    several pieces ("g ##r ##i ##n ..."), a vocabulary spelling words out; `example_tokens` (and `example_caption`
+    when `captions` are given), the caption with the most [UNK], else the most fragments.
+    """
+    ids = torch.as_tensor(input_ids)
+    mask = torch.as_tensor(attention_mask).bool()
+    unique = ids.unique().tolist()
+    pieces = dict(zip(unique, tokenizer.convert_ids_to_tokens(unique)))
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+
+    def per_token(test) -> torch.Tensor:  # test(id, piece) of every token, through a lookup table of the ids seen
+        table = torch.zeros(max(unique, default=0) + 1, dtype=torch.bool)
+        table[unique] = torch.tensor([bool(test(i, pieces[i])) for i in unique], dtype=torch.bool)
+        return table[ids]
+
+    real = mask & ~per_token(lambda i, piece: i in special)
+    unk = real & (ids == tokenizer.unk_token_id)
+    continuation = per_token(lambda i, piece: piece.startswith("##"))
+    single = per_token(lambda i, piece: len(piece.removeprefix("##")) == 1)
+    next_continues = torch.cat([continuation[:, 1:], torch.zeros_like(continuation[:, :1])], dim=1)
+    fragment = real & ~unk & single & (continuation | next_continues)
+    total = int(real.sum())
+    per_row = unk.sum(dim=1) if unk.any() else fragment.sum(dim=1)
+    row = int(per_row.argmax()) if len(per_row) else 0
+    return {
+        "captions": int(ids.shape[0]),
+        "tokens": total,
+        "unk_share": int(unk.sum()) / max(total, 1),
+        "fragment_share": int(fragment.sum()) / max(total, 1),
+        "example_caption": captions[row] if captions and len(captions) > row else None,
+        "example_tokens": [pieces[i] for i in ids[row][mask[row]].tolist()] if ids.numel() else [],
+    }
+
+
+def check_vocabulary(
+    report: dict,
+    *,
+    warn_unk: float = UNK_WARN_SHARE,
+    warn_fragments: float = FRAGMENT_WARN_SHARE,
+    max_unk: float = UNK_MAX_SHARE,
+) -> None:
+    """Log a warning when `vocabulary_report`'s shares exceed `warn_unk` / `warn_fragments`; raise a ValueError
+    above `max_unk` [UNK] (the model would learn nothing from these captions)."""
+    numbers = (
+        f"{report['unk_share']:.1%} of {report['tokens']} caption tokens ({report['captions']} captions) are [UNK] and "
+        f"{report['fragment_share']:.1%} are single-letter word pieces"
+    )
+    caption = f"{report['example_caption']!r} -> " if report.get("example_caption") is not None else ""
+    example = f"e.g. {caption}{' '.join(report['example_tokens'])}"
+    if report["unk_share"] > max_unk:
+        raise ValueError(
+            f"the tokenizer cannot read these captions: {numbers} (more than {max_unk:.0%} [UNK] is refused); {example}. "
+            "Use a tokenizer/vocabulary that covers these captions."
+        )
+    if report["unk_share"] > warn_unk or report["fragment_share"] > warn_fragments:
+        logger.warning(
+            "the tokenizer reads these captions poorly: %s (warning above %.0f%% / %.0f%%); %s. Training goes on; a "
+            "tokenizer/vocabulary that covers these captions would serve them better.",
+            numbers, 100 * warn_unk, 100 * warn_fragments, example,
+        )
+
+
+def check_caption_vocabulary(rows, tokenizer, max_captions: int = 256, **thresholds) -> dict:
+    """`vocabulary_report` of the first `max_captions` non-empty captions of `rows` (a Dataset or IterableDataset
+    with a `caption` column), tokenized as the collator tokenizes them, then `check_vocabulary`. Costs no training
+    step: call it before training. Returns the report."""
+    head = rows.select_columns(["caption"]).take(max_captions)
+    captions = [c.strip() for c in (row["caption"] for row in head) if isinstance(c, str) and c.strip()]
+    if not captions:
+        return {}
+    tokens = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+    report = vocabulary_report(tokens["input_ids"], tokens["attention_mask"], tokenizer, captions)
+    check_vocabulary(report, **thresholds)
+    return report

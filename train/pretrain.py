@@ -46,6 +46,7 @@ from train.data import (  # noqa: E402
     IMAGE_COLUMNS,
     PairCollator,
     SkipCounter,
+    check_caption_vocabulary,
     has_own_splits,
     load_pairs,
     missing_split,
@@ -465,6 +466,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         # masking / hard-negative sampling would drift from an uninterrupted one
         generator=torch.Generator().manual_seed(args.seed),
     )
+    # before any training step: stop on captions the vocabulary cannot read (all [UNK]), warn on poorly read ones
+    check_caption_vocabulary(train_rows, processor.tokenizer)
     if data_args.streaming:
         steps_per_epoch = None
         total_steps = args.max_steps
