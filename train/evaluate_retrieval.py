@@ -7,7 +7,9 @@
 `--data` accepts what the pretraining script accepts (the embedded `shapes` dataset, a saved dataset folder, an
 imagefolder, a json/jsonl/csv/parquet file of (image, caption or list of captions) rows) and Karpathy-split JSON
 (`{"images": [{"filepath", "filename", "split", "sentences": [{"raw": ...}]}]}`, COCO / Flickr30K). Rows of one
-image (same `image_id`, or the same image path) form one retrieval item with several captions.
+image (same `image_id`, or the same image path) form one retrieval item with several captions. `--split` defaults
+to "test"; a data file has no splits and is evaluated whole, and a split the data lacks is an error naming the ones
+it has. The image and caption columns are found by their usual names unless `--image_column` / `--caption_column`.
 
 Every image and caption is encoded once, in batches, in inference mode; with several processes each encodes a
 contiguous shard and the shards are gathered, so the numbers are those of one process. Re-ranking scores each
