@@ -102,7 +102,10 @@ class DataArguments:
         metadata={"help": "'shapes' (embedded dataset), a saved dataset folder, an imagefolder, or a json/jsonl/csv/parquet file."},
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on ('annotated' = the clean split)."})
-    eval_split: str | None = field(default="test", metadata={"help": "Held-out split evaluated at the end ('' = none)."})
+    eval_split: str | None = field(
+        default="test",
+        metadata={"help": "Held-out split evaluated at the end ('' = none); a data file has no such split: see --eval_dataset."},
+    )
     validation_split: str | None = field(
         default=None, metadata={"help": "Split evaluated after every epoch; the best epoch's model is kept (--metric_for_best_model)."}
     )
