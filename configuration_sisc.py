@@ -19,6 +19,13 @@ WEIGHT_NORMS = ("mean", "softmax")
 ALPHA_SCHEDULES = ("linear", "cosine", "constant")
 VISION_MODEL_TYPES = ("vit", "clip_vision_model")
 VQA_HEADS = ("generate", "classify")
+# Sizes of each sub-config that must be positive integers (zero or negative ones fail deep inside torch otherwise).
+_ENCODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+SUB_CONFIG_SIZES = {
+    "vision_config": (*_ENCODER_SIZES, "image_size", "patch_size", "num_channels"),
+    "text_config": (*_ENCODER_SIZES, "vocab_size", "max_position_embeddings"),
+    "fusion_encoder_config": (*_ENCODER_SIZES, "vocab_size", "max_position_embeddings"),
+}
 
 
 class SiscConfig(PreTrainedConfig):
@@ -150,6 +157,18 @@ class SiscConfig(PreTrainedConfig):
 
         if self.vision_config.model_type not in VISION_MODEL_TYPES:
             fail("vision_config", f"must be one of {VISION_MODEL_TYPES}, got model_type={self.vision_config.model_type!r}")
+        for name in ("vision_config", "text_config", "fusion_encoder_config"):
+            sub = getattr(self, name)
+            for size in SUB_CONFIG_SIZES[name]:
+                value = getattr(sub, size, None)
+                for item in value if isinstance(value, (list, tuple)) else [value]:  # image_size may be (h, w)
+                    if isinstance(item, bool) or not isinstance(item, int) or item <= 0:
+                        fail(f"{name}.{size}", f"must be a positive integer, got {value!r}")
+            if sub.hidden_size % sub.num_attention_heads:
+                fail(
+                    f"{name}.num_attention_heads",
+                    f"({sub.num_attention_heads}) must divide hidden_size ({sub.hidden_size})",
+                )
         if self.fusion_encoder_config.hidden_size != self.text_config.hidden_size:
             fail(
                 "fusion_encoder_config",

@@ -546,6 +546,9 @@ class SiscModel(SiscPreTrainedModel):
                 f"({vc.image_size}, {vc.image_size}); resize them with the processor or pass "
                 "interpolate_pos_encoding=True"
             )
+        if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():  # one reduction, one sync
+            bad = int((~torch.isfinite(pixel_values)).sum())
+            raise ValueError(f"pixel_values hold {bad} non-finite values (NaN or inf) of {pixel_values.numel()}")
 
     def _check_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -560,6 +563,19 @@ class SiscModel(SiscPreTrainedModel):
             empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
             if empty:
                 raise ValueError(f"empty text (attention_mask all zero) at batch index(es) {empty}")
+        positions = self.config.text_config.max_position_embeddings
+        if input_ids.shape[1] > positions:
+            raise ValueError(
+                f"input_ids are {input_ids.shape[1]} tokens long, more than the {positions} positions of the text encoder "
+                "(text_config.max_position_embeddings): truncate them (the processor does, with truncation=True)"
+            )
+        vocab_size = self.text_model.get_input_embeddings().num_embeddings
+        low, high = torch.stack(torch.aminmax(input_ids)).tolist() if input_ids.numel() else (0, 0)  # one sync
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"input_ids hold token ids in [{low}, {high}], outside the vocabulary [0, {vocab_size}) "
+                "(text_config.vocab_size): was the text tokenized with another tokenizer?"
+            )
 
     # ---- encoders ----
     def encode_image(self, pixel_values, interpolate_pos_encoding: bool = False, **kwargs):
@@ -819,7 +835,9 @@ class SiscModel(SiscPreTrainedModel):
 
     @staticmethod
     def _load_image(image):
-        """A file path (str / os.PathLike) opened with PIL; anything else is passed to the processor as it is."""
+        """A file path (str / os.PathLike) opened with PIL and fully loaded; anything else is passed to the processor
+        as it is. No mode conversion here: the processor converts (16-bit to 8-bit, transparency onto white), so these
+        are the pixels `train.data.decode_image` gives in training (this file cannot import from train/)."""
         import os
 
         if isinstance(image, (str, os.PathLike)):

@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a SISC checkpoint (default: the small default model, random weights)")
     parser.add_argument("--data", default="shapes")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default=None, help="default: 'test', or the whole file for a data file")
     parser.add_argument("--max_images", type=int, default=None)
     parser.add_argument("--rerank_k", type=int, nargs="+", default=[16])
     parser.add_argument("--rounds", type=int, default=3)

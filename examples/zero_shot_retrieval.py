@@ -29,7 +29,8 @@ def load_examples():
         entries = json.load(f)
     with open(os.path.join(EXAMPLES, "relevance.json")) as f:
         relevance = json.load(f)["captions"]
-    images = [Image.open(os.path.join(EXAMPLES, e["image"])).convert("RGB") for e in entries]
+    # no .convert("RGB"): the processor converts every mode the way training does (transparency onto white)
+    images = [Image.open(os.path.join(EXAMPLES, e["image"])) for e in entries]
     names = [e["image"] for e in entries]
     captions = [c for e in entries for c in e["captions"]]
     true_of = {c["caption"]: set(c["relevant_images"]) for c in relevance} if relevance and "caption" in relevance[0] else {}

@@ -73,10 +73,42 @@ def test_image_root_and_max_images(karpathy, tmp_path):
 def test_pair_file_rows_of_one_image_form_one_item(tmp_path):
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
     Image.new("RGB", (8, 8), (3, 2, 1)).save(tmp_path / "b.png")
-    rows = [{"image": "a.png", "caption": ["one", "two"]}, {"image": "b.png", "caption": "three"}]
+    rows = [{"image": "a.png", "caption": ["one", "two"]}, {"image": "b.png", "caption": "three"},
+            {"image": "a.png", "caption": []}]  # no caption: no retrieval item (the training collator counts it)
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = load_retrieval_set(str(tmp_path / "pairs.jsonl"))
     assert data.captions == ["one", "two", "three"] and data.caption_to_image == [0, 0, 1] and len(data.images) == 2
+
+
+def test_a_split_the_data_lacks_is_refused(karpathy, tmp_path):
+    import datasets
+
+    from train.data import data_splits
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": "a.png", "caption": "one"}) + "\n")
+    pairs = str(tmp_path / "pairs.jsonl")
+    # a data file has one split, "train": asking for "test" is an error, not an evaluation on the training rows
+    with pytest.raises(ValueError, match=r"no split 'test': it is a single data file"):
+        load_pairs(pairs, "test")
+    with pytest.raises(ValueError, match=r"no split 'test'"):
+        load_retrieval_set(pairs, "test")
+    whole = load_retrieval_set(pairs)  # no split asked: the whole file, described as such
+    assert whole.captions == ["one"] and whole.description == pairs
+    # a saved DatasetDict and an imagefolder have their own splits, which the error names
+    rows = datasets.Dataset.from_dict({"image": [str(tmp_path / "a.png")], "caption": ["one"]})
+    datasets.DatasetDict({"train": rows, "validation": rows}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match=r"no split 'test'; its splits are \['train', 'validation'\]"):
+        load_retrieval_set(str(tmp_path / "saved"), "test")
+    assert load_retrieval_set(str(tmp_path / "saved"), "validation").captions == ["one"]
+    rows.save_to_disk(str(tmp_path / "saved_single"))  # a single saved Dataset is one split, like a file
+    with pytest.raises(ValueError, match=r"no split 'test': it is a single data file"):
+        load_retrieval_set(str(tmp_path / "saved_single"), "test")
+    (tmp_path / "folder" / "train").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "folder" / "train" / "a.png")
+    with pytest.raises(ValueError, match=r"no split 'test'; its splits are \['train'\]"):
+        load_retrieval_set(str(tmp_path / "folder"), "test")
+    assert data_splits(str(karpathy)) == ["test", "train", "val"] and data_splits(pairs) == ["train"]
 
 
 def test_itc_metrics_equal_the_metrics_of_the_similarity_matrix(model_and_processor, karpathy):

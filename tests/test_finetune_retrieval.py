@@ -72,3 +72,12 @@ def test_bad_settings_fail_before_training(pretrained, karpathy, tmp_path):
     assert not (tmp_path / "model.safetensors").exists()
     with pytest.raises(SystemExit, match="needs --model_name_or_path"):
         finetune_retrieval.main(["--dataset", str(karpathy)])
+
+
+def test_help_prints_the_options(capsys):
+    for flag in ("--help", "-h"):
+        with pytest.raises(SystemExit) as stopped:
+            finetune_retrieval.main([flag])
+        assert stopped.value.code == 0
+        printed = capsys.readouterr().out
+        assert "--model_name_or_path" in printed and "--eval_dataset" in printed

@@ -561,6 +561,28 @@ def test_bad_inputs_raise_clear_value_errors(base_model, pretraining_model):
         pretraining_model(input_ids=ids, attention_mask=mask, pixel_values=make_pixels(3, size=48))
 
 
+def test_out_of_range_ids_long_text_and_non_finite_pixels_are_named(base_model, pretraining_model):
+    ids, mask = make_text(3, seed=6)
+    pixels = make_pixels(3, seed=6)
+    bad_ids = ids.clone()
+    bad_ids[1, 2] = VOCAB + 7
+    for model in (base_model, pretraining_model):
+        with pytest.raises(ValueError, match=rf"token ids in \[0, {VOCAB + 7}\], outside the vocabulary \[0, {VOCAB}\)"):
+            model(input_ids=bad_ids, attention_mask=mask, pixel_values=pixels)
+    bad_ids[1, 2] = -1
+    with pytest.raises(ValueError, match=r"token ids in \[-1, "):
+        base_model.get_text_features(bad_ids, mask)
+    long_ids, long_mask = make_text(2, length=40, seed=6)  # 40 > max_position_embeddings 32
+    with pytest.raises(ValueError, match=r"40 tokens long, more than the 32 positions .*max_position_embeddings"):
+        base_model.get_text_features(long_ids, long_mask)
+    broken = pixels.clone()
+    broken[0, 0, :2, :2] = float("nan")
+    broken[2, 1, 0, 0] = float("inf")
+    for model in (base_model, pretraining_model):
+        with pytest.raises(ValueError, match=r"pixel_values hold 5 non-finite values \(NaN or inf\)"):
+            model(input_ids=ids, attention_mask=mask, pixel_values=broken)
+
+
 def test_interpolate_pos_encoding_accepts_larger_images(base_model, pretraining_model):
     ids, mask = make_text(2, seed=5)
     large = make_pixels(2, size=48, seed=5)
@@ -584,6 +606,17 @@ def test_interpolate_pos_encoding_accepts_larger_images(base_model, pretraining_
         ({"alpha_start": 1.5}, "alpha_start"),
         ({"embed_dim": 0}, "embed_dim"),
         ({"fusion_encoder_config": {"hidden_size": 64, "num_attention_heads": 2}}, "fusion_encoder_config"),
+        ({"text_config": {"hidden_size": -8, "num_attention_heads": 2}, "fusion_encoder_config": {"hidden_size": -8}},
+         "text_config.hidden_size"),
+        ({"text_config": {"num_hidden_layers": 0}}, "text_config.num_hidden_layers"),
+        ({"fusion_encoder_config": {"num_attention_heads": -1}}, "fusion_encoder_config.num_attention_heads"),
+        ({"fusion_encoder_config": {"intermediate_size": 0}}, "fusion_encoder_config.intermediate_size"),
+        ({"text_config": {"max_position_embeddings": 0}}, "text_config.max_position_embeddings"),
+        ({"text_config": {"vocab_size": 0}}, "text_config.vocab_size"),
+        ({"vision_config": {"model_type": "vit", "image_size": 0}}, "vision_config.image_size"),
+        ({"vision_config": {"model_type": "vit", "patch_size": -16}}, "vision_config.patch_size"),
+        ({"vision_config": {"model_type": "vit", "hidden_size": 0}}, "vision_config.hidden_size"),
+        ({"vision_config": {"model_type": "vit", "num_attention_heads": 5}}, "vision_config.num_attention_heads"),
     ],
 )
 def test_invalid_config_names_the_field(kwargs, field):

@@ -125,6 +125,81 @@ def test_collator_skips_and_refills(bad_pairs_file):
     assert batch["pixel_values"].shape[0] == 5 and batch["image_ids"].tolist() == [0, 0, 0, 0, 0]
 
 
+def test_skips_name_their_files_and_empty_caption_lists_count(bad_pairs_file, tmp_path):
+    import datasets
+
+    from processing_sisc import build_default_processor
+    from train.data import PairCollator, SkipCounter, load_pairs, pop_bookkeeping
+
+    collate = PairCollator(build_default_processor(image_size=16))
+    folder = os.path.dirname(bad_pairs_file)
+    rows = load_pairs(bad_pairs_file)
+    seen, skipped, reasons, _ = pop_bookkeeping(collate([rows[0], *[rows[i] for i in range(len(rows) - 3, len(rows))]]))
+    # counted by kind, so that counts add up; a few examples per kind name the file
+    assert dict(reasons) == {"bad image (UnidentifiedImageError)": 1, "bad image (FileNotFoundError)": 1, "empty caption": 1}
+    assert reasons.examples["bad image (FileNotFoundError)"] == [os.path.join(folder, "missing.png") + " (no such file)"]
+    assert os.path.join(folder, "bad.png") in reasons.examples["bad image (UnidentifiedImageError)"][0]
+    counter = SkipCounter(max_bad_fraction=0.0)
+    counter.update(seen, skipped, reasons)
+    counter.update(seen, skipped, reasons)
+    assert counter.reasons["empty caption"] == 2 and len(counter.reasons.examples["empty caption"]) == 1
+    with pytest.raises(RuntimeError, match=r"bad image \(FileNotFoundError\): 2 \(e\.g\. .*missing\.png \(no such file\)\).*--image_root"):
+        counter.check()
+
+    # a CSV elsewhere whose paths are relative to the images' folder: the batch error names a path and --image_root
+    table = datasets.Dataset.from_dict({"image": ["img0.png", "img1.png"], "caption": ["a red square", "a green one"]})
+    table.to_csv(tmp_path / "pairs.csv", index=False)
+    missing = str(tmp_path / "img0.png")
+    with pytest.raises(RuntimeError, match=rf"every sample of a batch of 2 .*{missing} \(no such file\).*--image_root"):
+        collate(list(load_pairs(str(tmp_path / "pairs.csv"))))
+    assert collate(list(load_pairs(str(tmp_path / "pairs.csv"), image_root=folder)))["num_skipped"] == 0
+
+    # an image with an empty caption list is a counted skip, not a row that silently disappears
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"image": os.path.join(folder, "img0.png"), "caption": []}) + "\n"
+                                          + json.dumps({"image": os.path.join(folder, "img1.png"), "caption": ["one"]}) + "\n")
+    rows = load_pairs(str(tmp_path / "empty.jsonl"))
+    assert rows["caption"] == ["", "one"]
+    _, skipped, reasons, _ = pop_bookkeeping(collate(list(rows)))
+    assert skipped == 1 and dict(reasons) == {"empty caption": 1}
+
+
+def test_captions_the_vocabulary_cannot_read_stop_training(pairs_file, tmp_path, caplog):
+    import logging
+
+    import datasets
+
+    from processing_sisc import build_default_processor
+    from train.data import check_caption_vocabulary
+
+    tokenizer = build_default_processor(image_size=16).tokenizer
+
+    def rows(captions):
+        return datasets.Dataset.from_dict({"image": ["x.png"] * len(captions), "caption": captions})
+
+    # Russian captions: every word is [UNK] with the shipped vocabulary; training stops, giving the numbers
+    russian = ["красный круг", "синий квадрат над зелёной звездой", "   ", "три маленьких шестиугольника"]
+    with pytest.raises(ValueError, match=r"100\.0% of 10 caption tokens \(3 captions\) are \[UNK\].*'синий квадрат "
+                                         r"над зелёной звездой' -> \[CLS\]( \[UNK\]){5} \[SEP\].*covers these captions"):
+        check_caption_vocabulary(rows(russian), tokenizer)
+    # English the vocabulary spells out letter by letter: a warning, training goes on
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        report = check_caption_vocabulary(rows(["a grinning face", "a red circle", "a blue square and a star"]), tokenizer)
+    assert report["unk_share"] == 0 and 0.3 < report["fragment_share"] < 0.6  # g ##r ##i ##n ##n ##ing
+    assert "single-letter word pieces" in caplog.text and "g ##r ##i ##n ##n ##ing" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        report = check_caption_vocabulary(rows(["a red circle", "two blue squares, left"]), tokenizer)
+    assert report["unk_share"] == report["fragment_share"] == 0 and not caplog.text
+    # the trainer checks before its first step
+    folder = os.path.dirname(pairs_file)
+    data = tmp_path / "russian.jsonl"
+    data.write_text("".join(json.dumps({"image": os.path.join(folder, f"img{i}.png"), "caption": russian[i % 4]}) + "\n"
+                            for i in range(16)))
+    with pytest.raises(ValueError, match=r"are \[UNK\]"):
+        train(str(data), tmp_path / "out", "--max_steps", "1")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 @pytest.fixture(scope="module")
 def teacher_dir(pairs_file, tmp_path_factory):
     """A tiny teacher trained with plain InfoNCE (as the paper's teacher is)."""
@@ -249,9 +324,62 @@ def test_data_formats_load_as_pairs(pairs_file, tmp_path):
     assert len(rows) == 3 and sorted(rows["caption"]) == ["picture 0", "picture 1", "picture 2"]
 
     with pytest.raises(ValueError, match="no column 'caption'"):
-        load_pairs(os.path.join(folder, "pairs.csv"), image_column="path")
+        load_pairs(os.path.join(folder, "pairs.csv"), image_column="path", caption_column="caption")
     with pytest.raises(FileNotFoundError):
         load_pairs(str(tmp_path / "nowhere"))
+
+
+def test_caption_and_image_columns_are_found_by_their_usual_names(pairs_file, tmp_path):
+    import datasets
+
+    from train.data import load_pairs
+
+    # an imagefolder whose captions are in a `text` column (the common name) loads without --caption_column
+    image_folder = tmp_path / "imagefolder"
+    image_folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(image_folder / f"{i}.png")
+    (image_folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "text": f"picture {i}"}) + "\n" for i in range(3))
+    )
+    rows = load_pairs(str(image_folder))
+    assert sorted(rows["caption"]) == ["picture 0", "picture 1", "picture 2"]
+    # a CSV of `path`, `Sentence` columns: both found (names in any case)
+    folder = os.path.dirname(pairs_file)
+    table = datasets.Dataset.from_dict({"id": [1, 2], "path": ["img0.png", "img1.png"], "Sentence": ["a red", "a green"]})
+    table.to_csv(tmp_path / "pairs.csv", index=False)
+    rows = load_pairs(str(tmp_path / "pairs.csv"), image_root=folder)
+    assert rows["caption"] == ["a red", "a green"] and rows[0]["image"] == os.path.join(folder, "img0.png")
+    # explicit flags win over the usual names
+    table.add_column("caption", ["x", "y"]).to_csv(tmp_path / "two.csv", index=False)
+    assert load_pairs(str(tmp_path / "two.csv"))["caption"] == ["x", "y"]
+    assert load_pairs(str(tmp_path / "two.csv"), caption_column="Sentence")["caption"] == ["a red", "a green"]
+    # no usual name: the error names the columns seen and the flag
+    datasets.Dataset.from_dict({"path": ["img0.png"], "words": ["a red"]}).to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(ValueError, match=r"no caption column found among its columns \['path', 'words'\].*--caption_column"):
+        load_pairs(str(tmp_path / "odd.csv"))
+    datasets.Dataset.from_dict({"picture": ["img0.png"], "text": ["a red"]}).to_csv(tmp_path / "odd2.csv", index=False)
+    with pytest.raises(ValueError, match=r"no image column found .*--image_column"):
+        load_pairs(str(tmp_path / "odd2.csv"))
+    assert load_pairs(str(tmp_path / "odd2.csv"), image_column="picture", image_root=folder)["caption"] == ["a red"]
+
+
+def test_a_split_the_data_lacks_fails_at_start_up(pairs_file, tmp_path):
+    # a data file has one split: evaluating its "test" split would evaluate on the training rows
+    with pytest.raises(ValueError, match=r"--eval_split 'test': .*single data file.*--eval_dataset.*--eval_split ''"):
+        train(pairs_file, tmp_path / "no_eval", "--eval_split", "test", "--max_steps", "1")
+    with pytest.raises(ValueError, match=r"--validation_split 'val': .*--validation_dataset"):
+        train(pairs_file, tmp_path / "no_val", "--validation_split", "val", "--max_steps", "1")
+    assert not (tmp_path / "no_eval" / "model.safetensors").exists()
+    # a separate evaluation file is evaluated whole and named in the model card
+    folder = os.path.dirname(pairs_file)
+    eval_file = tmp_path / "held_out.jsonl"
+    eval_file.write_text("".join(json.dumps({"image": os.path.join(folder, f"img{i}.png"), "caption": f"square {i}"}) + "\n"
+                                 for i in range(4)))
+    result = train(pairs_file, tmp_path / "ok", "--eval_split", "test", "--eval_dataset", str(eval_file), "--max_steps", "1")
+    assert result["metrics"]["tr_r5"] == result["metrics"]["ir_r5"] == 100.0  # 4 images: not the 40 training ones
+    card = (tmp_path / "ok" / "README.md").read_text()
+    assert "**test** split of " + str(eval_file) in card
 
 
 def test_momentum_encoder_added_to_a_checkpoint_starts_as_a_copy(tmp_path):

@@ -134,6 +134,36 @@ def test_rgb_conversions_match_reference(processor):
     assert torch.equal(processor(images=Image.fromarray(gray8.astype(np.int32) * 257))["pixel_values"], gray_ref)
 
 
+def test_training_collator_and_inference_see_the_same_pixels(processor, tmp_path):
+    """One decoding path: a 16-bit PNG and a half-transparent RGBA PNG give the training collator the pixels the
+    processor (inference) gives, not an image clipped to white or the colour under the alpha."""
+    from modeling_sisc import SiscModel
+    from train.data import PairCollator, decode_image
+
+    gray8 = np.asarray(random_rgb(5).convert("L"))
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    rgba = random_rgb(6).convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.arange(0, 250, 5, dtype=np.uint8), (40, 1))))  # alpha 0 .. 245
+    rgba.save(tmp_path / "clear.png")
+    paths = [str(tmp_path / "deep.png"), str(tmp_path / "clear.png")]
+    with Image.open(paths[0]) as opened:
+        assert opened.mode == "I;16"  # a real 16-bit file
+    rows = [{"image": path, "caption": "a picture", "image_id": i} for i, path in enumerate(paths)]
+    batch = PairCollator(processor)(rows)
+    assert batch["num_skipped"] == 0
+    for i, path in enumerate(paths):
+        inference = processor(images=Image.open(path))["pixel_values"][0]
+        assert torch.equal(batch["pixel_values"][i], inference), path
+        assert torch.equal(processor(images=SiscModel._load_image(path))["pixel_values"][0], inference), path
+        with open(path, "rb") as f:  # a datasets image value (bytes) decodes the same
+            assert torch.equal(processor(images=decode_image({"bytes": f.read(), "path": None}))["pixel_values"][0], inference)
+    # and they are the right pixels: the 16-bit image is the 8-bit one, the transparent one lies over white
+    assert torch.equal(batch["pixel_values"][0], processor(images=Image.fromarray(gray8))["pixel_values"][0])
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    composite = Image.alpha_composite(white, rgba).convert("RGB")
+    assert torch.equal(batch["pixel_values"][1], processor(images=composite)["pixel_values"][0])
+
+
 def test_numpy_input(processor):
     rgb = random_rgb()
     reference = processor(images=rgb)["pixel_values"]

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -104,7 +104,9 @@ def main(argv=None) -> str:
         raise ValueError("the teacher cache needs a map-style dataset (not --streaming)")
     teacher = SiscModel.from_pretrained(cache_args.teacher)
     processor = AutoProcessor.from_pretrained(cache_args.teacher, trust_remote_code=True)
-    rows = load_data(data_args)[0]
+    # only the training rows: no evaluation data (which a data file without a test split does not have)
+    only_train = dict(eval_split=None, validation_split=None, eval_dataset=None, validation_dataset=None)
+    rows = load_data(replace(data_args, **only_train))[0]
     output_dir = cache_args.cache_dir or os.path.join(
         data_args.data_cache_dir if data_args.dataset == "shapes" else os.path.dirname(os.path.abspath(data_args.dataset)),
         f"teacher_cache_{teacher_key(teacher)}_{data_key(rows)[:12]}",

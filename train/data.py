@@ -10,6 +10,9 @@ Accepted sources (`load_pairs`):
   Flickr30K retrieval splits; `restval` counts as train, `validation` / `dev` mean `val`).
 A caption column may hold one caption or a list of captions; lists are expanded to one row per (image, caption)
 pair, and every row carries an `image_id` so that captions of one image are never each other's negatives.
+Without --image_column / --caption_column the columns are found by their usual names (`IMAGE_COLUMNS`,
+`CAPTION_COLUMNS`). Splits are the data's own: a single data file (or saved `Dataset`) is the one split "train";
+asking for another is an error that names the splits there are, never a silent read of the training rows.
 """
 
 from __future__ import annotations
@@ -68,46 +71,134 @@ def read_karpathy_split(path: str, split: str, image_root: str | None = None) ->
     return images, captions
 
 
+# Column names looked for, in this order, when --image_column / --caption_column are not given.
+CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "txt", "description", "title")
+IMAGE_COLUMNS = ("image", "img", "jpg", "png", "image_path", "file_name", "filepath", "path")
+
+
+def _has_dataset_dict(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "dataset_dict.json"))
+
+
+def has_own_splits(source: str) -> bool:
+    """False for a source without splits of its own, a single data file or a saved single `Dataset`, which is read
+    whole as the split "train" (the name `datasets` gives it); True for Karpathy JSON, a saved `DatasetDict`, an
+    imagefolder (and anything else, which the loaders then reject)."""
+    if os.path.isfile(source):
+        return is_karpathy_json(source)
+    return not (_is_saved_dataset(source) and not _has_dataset_dict(source))
+
+
+def data_splits(source: str) -> list[str]:
+    """The split names of `source` (not "shapes"): a single data file or saved `Dataset` has the one split "train";
+    Karpathy JSON the splits of its entries ("restval" counts as "train"); a saved `DatasetDict` or an imagefolder
+    its own."""
+    if not has_own_splits(source):
+        return ["train"]
+    if is_karpathy_json(source):
+        with open(source) as handle:
+            entries = json.load(handle)["images"]
+        return sorted({"train" if e.get("split") == "restval" else str(e.get("split")) for e in entries})
+    if _is_saved_dataset(source):
+        with open(os.path.join(source, "dataset_dict.json")) as handle:
+            return list(json.load(handle)["splits"])
+    if os.path.isdir(source):  # the splits `datasets` infers from the folder layout, without reading the images
+        return [str(name) for name in datasets.load_dataset_builder("imagefolder", data_dir=source).config.data_files]
+    raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
+
+
+def missing_split(source: str, split: str) -> str | None:
+    """None when `source` has the split `split`, otherwise a sentence that names the splits it has."""
+    splits = data_splits(source)
+    wanted = KARPATHY_SPLIT_ALIASES.get(split, split) if is_karpathy_json(source) else split
+    if wanted in splits:
+        return None
+    if not has_own_splits(source):
+        return (f"{source!r} has no split {split!r}: it is a single data file (or saved Dataset) without splits of its "
+                "own, read whole as the one split 'train'")
+    return f"{source!r} has no split {split!r}; its splits are {splits}"
+
+
+def _find_column(source: str, columns: list[str], given: str | None, candidates: tuple[str, ...], what: str,
+                 features=None) -> str:
+    """`given` when it is a column; else the first of `candidates` present (any case; for images, else the one
+    column of `datasets.Image` type); else a ValueError naming the columns and the flag to pass."""
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"dataset {source!r} has no column {given!r}; its columns are {columns}")
+        return given
+    by_lower = {}
+    for name in columns:
+        by_lower.setdefault(name.lower(), name)
+    found = next((by_lower[c] for c in candidates if c in by_lower), None)
+    if found is None and what == "image":
+        typed = [name for name, feature in (features or {}).items() if isinstance(feature, datasets.Image)]
+        found = typed[0] if len(typed) == 1 else None
+    if found is None:
+        raise ValueError(
+            f"dataset {source!r}: no {what} column found among its columns {columns} (looked for {list(candidates)}); "
+            f"name it with --{what}_column"
+        )
+    if found != candidates[0]:
+        logger.info("%s: %ss read from the column %r (pass --%s_column to choose another)", source, what, found, what)
+    return found
+
+
 def load_pairs(
     source: str,
     split: str = "train",
     *,
-    image_column: str = "image",
-    caption_column: str = "caption",
+    image_column: str | None = None,
+    caption_column: str | None = None,
     streaming: bool = False,
     image_root: str | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Load an image-caption dataset (see module docstring) as rows with `image`, `caption` and `image_id`.
+
+    `split` must be a split the data has (a ValueError names the ones it has): a single data file or saved `Dataset`
+    has only "train". `image_column` / `caption_column`: None finds them among `IMAGE_COLUMNS` / `CAPTION_COLUMNS`.
     `image_root`: the folder relative image paths are under (default: the data file's folder)."""
     base_dir = image_root
     if is_karpathy_json(source):
-        images, captions = read_karpathy_split(source, split, image_root)
+        images, captions = read_karpathy_split(source, split, image_root)  # names the file's splits when it lacks one
         ds = datasets.Dataset.from_dict({"image": images, "caption": captions})
         return expand_captions(ds.to_iterable_dataset() if streaming else ds)
     if _is_saved_dataset(source):
         loaded = datasets.load_from_disk(source)
-        ds = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{source!r} has no split {split!r}; its splits are {list(loaded)}")
+            ds = loaded[split]
+        else:
+            if split != "train":
+                raise ValueError(missing_split(source, split))
+            ds = loaded
         if streaming:
             ds = ds.to_iterable_dataset()
     elif os.path.isdir(source):
+        problem = missing_split(source, split)
+        if problem:
+            raise ValueError(problem)
         ds = datasets.load_dataset("imagefolder", data_dir=source, split=split, streaming=streaming)
     elif os.path.isfile(source):
         extension = os.path.splitext(source)[1].lower()
         if extension not in FILE_BUILDERS:
             raise ValueError(f"unsupported data file {source!r}: use one of {sorted(FILE_BUILDERS)}")
+        if split != "train":  # a data file is one split; reading it as another would evaluate on training rows
+            raise ValueError(missing_split(source, split))
         ds = datasets.load_dataset(FILE_BUILDERS[extension], data_files=source, split="train", streaming=streaming)
         base_dir = image_root or os.path.dirname(os.path.abspath(source))
     else:
         raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
 
     columns = ds.column_names if ds.column_names is not None else list(ds.features or {})
-    for name in (image_column, caption_column):
-        if name not in columns:
-            raise ValueError(f"dataset {source!r} has no column {name!r}; its columns are {columns}")
-    if image_column != "image":
-        ds = ds.rename_column(image_column, "image")
-    if caption_column != "caption":
-        ds = ds.rename_column(caption_column, "caption")
+    image_column = _find_column(source, columns, image_column, IMAGE_COLUMNS, "image", ds.features)
+    caption_column = _find_column(source, columns, caption_column, CAPTION_COLUMNS, "caption")
+    for chosen, name in ((image_column, "image"), (caption_column, "caption")):
+        if chosen != name:  # the chosen column takes the name; a column already called so is not the one meant
+            if name in columns:
+                ds = ds.remove_columns([name])
+            ds = ds.rename_column(chosen, name)
     # Decode images in the collator (DataLoader workers), where a corrupt file can be skipped and counted.
     if isinstance((ds.features or {}).get("image"), datasets.Image):
         ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -124,6 +215,8 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
         for row, index in enumerate(indices):
             captions = batch["caption"][row]
             captions = captions if isinstance(captions, (list, tuple)) else [captions]
+            if not captions:
+                captions = [""]  # one row, which the collator skips and counts ("empty caption"), not none at all
             image = batch["image"][row]
             if base_dir is not None and isinstance(image, str) and not os.path.isabs(image):
                 image = os.path.join(base_dir, image)
@@ -145,49 +238,114 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
 
 
 def decode_image(value) -> Image.Image:
-    """A PIL RGB image from a datasets Image value, a path or raw bytes; raises on anything unreadable."""
+    """A fully loaded PIL image from a datasets Image value, a path or raw bytes; raises on anything unreadable.
+
+    The image keeps its own mode (16-bit, RGBA, palette, ...): converting it to RGB is the processor's job
+    (`processing_sisc.SiscProcessor` maps 16-bit to 8-bit and composites transparency onto white), so training,
+    evaluation and inference see the same pixels. `modeling_sisc.SiscModel._load_image` is the model file's
+    standalone twin of this function (it cannot import from train/) and must stay equivalent.
+    """
     if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
+        value.load()
+        return value
+    if isinstance(value, dict):
         if value.get("bytes") is not None:
-            image = Image.open(io.BytesIO(value["bytes"]))
+            source = io.BytesIO(value["bytes"])
         elif value.get("path"):
-            image = Image.open(value["path"])
+            source = value["path"]
         else:
             raise ValueError("image entry has neither bytes nor path")
     elif isinstance(value, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(value))
-    elif isinstance(value, str):
-        image = Image.open(value)
+        source = io.BytesIO(value)
+    elif isinstance(value, (str, os.PathLike)):
+        source = value
     else:
         raise ValueError(f"cannot read an image from {type(value).__name__}")
-    image.load()  # force decoding now, so truncated files fail here
-    return image.convert("RGB")
+    with Image.open(source) as opened:
+        return opened.copy()  # decodes now (a truncated file fails here, in the collator) and closes the file
+
+
+class SkipReasons(Counter):
+    """{reason: count} of skipped rows, keyed by kind ("empty caption", "bad image (FileNotFoundError)") so that
+    counts add up over batches, and `examples`: {reason: the first few messages, naming the file}."""
+
+    max_examples = 3
+
+    def __init__(self, counts=None, examples=None):
+        super().__init__(counts or {})
+        self.examples = {reason: list(messages) for reason, messages in (examples or {}).items()}
+
+    def add(self, reason: str, example: str | None = None, count: int = 1) -> None:
+        self[reason] += count
+        kept = self.examples.setdefault(reason, [])
+        if example is not None and example not in kept and len(kept) < self.max_examples:
+            kept.append(example)
+
+    def merge(self, other: dict | None) -> None:
+        """Add another batch's counts (a SkipReasons or a plain dict) and keep its examples while there is room."""
+        for reason, count in (other or {}).items():
+            self[reason] += count
+        for reason, messages in getattr(other, "examples", {}).items():
+            for message in messages:
+                self.add(reason, message, count=0)
+
+    def describe(self) -> str:
+        parts = []
+        for reason, count in self.items():
+            examples = self.examples.get(reason)
+            parts.append(f"{reason}: {count}" + (f" (e.g. {'; '.join(examples)})" if examples else ""))
+        return ", ".join(parts) or "none"
 
 
 @dataclass
 class SkipCounter:
-    """Counts samples skipped for bad data, by reason, and fails once too large a fraction was bad."""
+    """Counts samples skipped for bad data, by reason (with a few examples each), and fails once too large a
+    fraction was bad."""
 
     max_bad_fraction: float = 0.05
     seen: int = 0
     skipped: int = 0
-    reasons: Counter = field(default_factory=Counter)
+    reasons: SkipReasons = field(default_factory=SkipReasons)
 
     def update(self, seen: int, skipped: int, reasons: dict | None = None) -> None:
         self.seen += int(seen)
         self.skipped += int(skipped)
-        self.reasons.update(reasons or {})
+        self.reasons.merge(reasons)
 
     def check(self, min_seen: int = 1) -> None:
         if self.seen >= min_seen and self.skipped > self.max_bad_fraction * self.seen:
             raise RuntimeError(
                 f"{self.skipped} of {self.seen} samples ({self.skipped / self.seen:.1%}) were unreadable or empty, "
-                f"more than the allowed {self.max_bad_fraction:.1%} (--max_bad_fraction); reasons: {dict(self.reasons)}"
+                f"more than the allowed {self.max_bad_fraction:.1%} (--max_bad_fraction); reasons: {self.reasons.describe()}"
+                + _missing_file_hint(self.reasons)
             )
 
     def report(self) -> str:
-        return f"skipped {self.skipped} of {self.seen} samples" + (f" ({dict(self.reasons)})" if self.skipped else "")
+        return f"skipped {self.skipped} of {self.seen} samples" + (f" ({self.reasons.describe()})" if self.skipped else "")
+
+
+def _missing_file_hint(reasons: dict) -> str:
+    if not reasons.get("bad image (FileNotFoundError)"):
+        return ""
+    return ("; relative image paths are resolved against the data file's folder: pass --image_root FOLDER when they "
+            "are relative to another folder")
+
+
+def _image_name(value) -> str:
+    """The file an image value comes from, for error messages."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, dict):
+        return str(value.get("path") or f"<{len(value.get('bytes') or b'')} bytes>")
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return f"<{type(value).__name__}>"
+
+
+def _failure_message(value, error: Exception) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"{_image_name(value)} (no such file)"
+    return f"{_image_name(value)}: {error}"
 
 
 class PairCollator:
@@ -195,7 +353,8 @@ class PairCollator:
 
     Skipped rows are replaced by copies of readable rows of the same batch (with the same image id, so a copy is
     never a negative of its original): every process keeps the same batch size, which the global-batch contrastive
-    loss needs. `num_seen` / `num_skipped` / `skip_reasons` report what happened.
+    loss needs. `num_seen` / `num_skipped` / `skip_reasons` ({reason: count}) / `skip_examples` ({reason: the first few
+    messages, naming the file}) report what happened.
     Extra numeric columns listed in `passthrough` (e.g. cached teacher embeddings) are stacked into tensors.
     `relevance_fn(rows) -> bool array (captions x images)`, when the data knows its ground truth, adds the batch's
     `relevance` matrix for the false-negative diagnostics.
@@ -207,20 +366,23 @@ class PairCollator:
         self.relevance_fn = relevance_fn
 
     def __call__(self, rows: list[dict]) -> dict:
-        kept, images, reasons = [], [], Counter()
+        kept, images, reasons = [], [], SkipReasons()
         for row in rows:
             caption = row.get("caption")
             if not isinstance(caption, str) or not caption.strip():
-                reasons["empty caption"] += 1
+                reasons.add("empty caption", f"{caption!r} of image {_image_name(row.get('image'))}")
                 continue
             try:
                 images.append(decode_image(row["image"]))
             except Exception as error:  # any unreadable image is skipped, whatever the decoder raised
-                reasons[f"bad image ({type(error).__name__})"] += 1
+                reasons.add(f"bad image ({type(error).__name__})", _failure_message(row["image"], error))
                 continue
             kept.append(row)
         if not kept:
-            raise RuntimeError(f"every sample of a batch of {len(rows)} was unreadable: {dict(reasons)}")
+            raise RuntimeError(
+                f"every sample of a batch of {len(rows)} was unreadable or empty: {reasons.describe()}"
+                + _missing_file_hint(reasons)
+            )
         order = [i % len(kept) for i in range(len(rows))]  # refill skipped slots with kept rows
         batch = self.processor(
             images=[images[i] for i in order],
@@ -238,10 +400,100 @@ class PairCollator:
             batch["relevance"] = torch.as_tensor(self.relevance_fn([kept[i] for i in order]), dtype=torch.bool)
         batch["num_seen"] = torch.tensor(len(rows))
         batch["num_skipped"] = torch.tensor(len(rows) - len(kept))
-        batch["skip_reasons"] = dict(reasons)
+        # plain dicts: Accelerate rebuilds mappings in a batch by their type, which would lose a SkipReasons' examples
+        batch["skip_reasons"], batch["skip_examples"] = dict(reasons), reasons.examples
         return batch
 
 
 def pop_bookkeeping(batch: dict) -> tuple[int, int, dict, torch.Tensor | None]:
     """Remove the collator's counters (and ground-truth relevance) from a batch before it goes to the model."""
-    return int(batch.pop("num_seen")), int(batch.pop("num_skipped")), batch.pop("skip_reasons"), batch.pop("relevance", None)
+    reasons = SkipReasons(batch.pop("skip_reasons"), batch.pop("skip_examples", None))
+    return int(batch.pop("num_seen")), int(batch.pop("num_skipped")), reasons, batch.pop("relevance", None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Can the tokenizer read the captions? Captions in another script become all [UNK] and would train silently.
+
+UNK_WARN_SHARE = 0.05  # warn above this share of [UNK] among the caption tokens
+FRAGMENT_WARN_SHARE = 0.30  # warn above this share of single-letter word pieces
+UNK_MAX_SHARE = 0.50  # refuse to train above this share of [UNK]
+
+
+def vocabulary_report(input_ids, attention_mask, tokenizer, captions: list[str] | None = None) -> dict:
+    """How well a (WordPiece) tokenizer reads tokenized captions.
+
+    Counted over the real tokens (inside the attention mask, special tokens other than [UNK] left out):
+    `unk_share`, the share of [UNK]; `fragment_share`, the share of single-character pieces of words split into
+    several pieces ("g ##r ##i ##n ..."), a vocabulary spelling words out; `example_tokens` (and `example_caption`
+    when `captions` are given), the caption with the most [UNK], else the most fragments.
+    """
+    ids = torch.as_tensor(input_ids)
+    mask = torch.as_tensor(attention_mask).bool()
+    unique = ids.unique().tolist()
+    pieces = dict(zip(unique, tokenizer.convert_ids_to_tokens(unique)))
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+
+    def per_token(test) -> torch.Tensor:  # test(id, piece) of every token, through a lookup table of the ids seen
+        table = torch.zeros(max(unique, default=0) + 1, dtype=torch.bool)
+        table[unique] = torch.tensor([bool(test(i, pieces[i])) for i in unique], dtype=torch.bool)
+        return table[ids]
+
+    real = mask & ~per_token(lambda i, piece: i in special)
+    unk = real & (ids == tokenizer.unk_token_id)
+    continuation = per_token(lambda i, piece: piece.startswith("##"))
+    single = per_token(lambda i, piece: len(piece.removeprefix("##")) == 1)
+    next_continues = torch.cat([continuation[:, 1:], torch.zeros_like(continuation[:, :1])], dim=1)
+    fragment = real & ~unk & single & (continuation | next_continues)
+    total = int(real.sum())
+    per_row = unk.sum(dim=1) if unk.any() else fragment.sum(dim=1)
+    row = int(per_row.argmax()) if len(per_row) else 0
+    return {
+        "captions": int(ids.shape[0]),
+        "tokens": total,
+        "unk_share": int(unk.sum()) / max(total, 1),
+        "fragment_share": int(fragment.sum()) / max(total, 1),
+        "example_caption": captions[row] if captions and len(captions) > row else None,
+        "example_tokens": [pieces[i] for i in ids[row][mask[row]].tolist()] if ids.numel() else [],
+    }
+
+
+def check_vocabulary(
+    report: dict,
+    *,
+    warn_unk: float = UNK_WARN_SHARE,
+    warn_fragments: float = FRAGMENT_WARN_SHARE,
+    max_unk: float = UNK_MAX_SHARE,
+) -> None:
+    """Log a warning when `vocabulary_report`'s shares exceed `warn_unk` / `warn_fragments`; raise a ValueError
+    above `max_unk` [UNK] (the model would learn nothing from these captions)."""
+    numbers = (
+        f"{report['unk_share']:.1%} of {report['tokens']} caption tokens ({report['captions']} captions) are [UNK] and "
+        f"{report['fragment_share']:.1%} are single-letter word pieces"
+    )
+    caption = f"{report['example_caption']!r} -> " if report.get("example_caption") is not None else ""
+    example = f"e.g. {caption}{' '.join(report['example_tokens'])}"
+    if report["unk_share"] > max_unk:
+        raise ValueError(
+            f"the tokenizer cannot read these captions: {numbers} (more than {max_unk:.0%} [UNK] is refused); {example}. "
+            "Use a tokenizer/vocabulary that covers these captions."
+        )
+    if report["unk_share"] > warn_unk or report["fragment_share"] > warn_fragments:
+        logger.warning(
+            "the tokenizer reads these captions poorly: %s (warning above %.0f%% / %.0f%%); %s. Training goes on; a "
+            "tokenizer/vocabulary that covers these captions would serve them better.",
+            numbers, 100 * warn_unk, 100 * warn_fragments, example,
+        )
+
+
+def check_caption_vocabulary(rows, tokenizer, max_captions: int = 256, **thresholds) -> dict:
+    """`vocabulary_report` of the first `max_captions` non-empty captions of `rows` (a Dataset or IterableDataset
+    with a `caption` column), tokenized as the collator tokenizes them, then `check_vocabulary`. Costs no training
+    step: call it before training. Returns the report."""
+    head = rows.select_columns(["caption"]).take(max_captions)
+    captions = [c.strip() for c in (row["caption"] for row in head) if isinstance(c, str) and c.strip()]
+    if not captions:
+        return {}
+    tokens = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+    report = vocabulary_report(tokens["input_ids"], tokens["attention_mask"], tokenizer, captions)
+    check_vocabulary(report, **thresholds)
+    return report

@@ -59,13 +59,13 @@ class NlvrCollator:
         self.columns = {**COLUMNS, **(columns or {})}
 
     def __call__(self, rows):
-        from modeling_sisc import SiscModel
+        from train.data import decode_image
 
         c = self.columns
         for index, row in enumerate(rows):
             if row[c["left_image"]] is None or row[c["right_image"]] is None:
                 raise ValueError(f"row {index} of the batch lacks its {'left' if row[c['left_image']] is None else 'right'} image")
-        images = [SiscModel._load_image(r[c["left_image"]]) for r in rows] + [SiscModel._load_image(r[c["right_image"]]) for r in rows]
+        images = [decode_image(r[c["left_image"]]) for r in rows] + [decode_image(r[c["right_image"]]) for r in rows]
         inputs = self.processor(text=[r[c["sentence"]] for r in rows], images=images, return_tensors="pt")
         n = len(rows)
         labels = [self.read_label(r[c["label"]]) for r in rows]

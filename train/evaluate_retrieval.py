@@ -7,7 +7,9 @@
 `--data` accepts what the pretraining script accepts (the embedded `shapes` dataset, a saved dataset folder, an
 imagefolder, a json/jsonl/csv/parquet file of (image, caption or list of captions) rows) and Karpathy-split JSON
 (`{"images": [{"filepath", "filename", "split", "sentences": [{"raw": ...}]}]}`, COCO / Flickr30K). Rows of one
-image (same `image_id`, or the same image path) form one retrieval item with several captions.
+image (same `image_id`, or the same image path) form one retrieval item with several captions. `--split` defaults
+to "test"; a data file has no splits and is evaluated whole, and a split the data lacks is an error naming the ones
+it has. The image and caption columns are found by their usual names unless `--image_column` / `--caption_column`.
 
 Every image and caption is encoded once, in batches, in inference mode; with several processes each encodes a
 contiguous shard and the shards are gathered, so the numbers are those of one process. Re-ranking scores each
@@ -20,6 +22,7 @@ ground-truth relevance also R@K over all relevant items and mAP@R). Results: a t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -34,9 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from train.data import decode_image, load_pairs  # noqa: E402
+from train.data import CAPTION_COLUMNS, IMAGE_COLUMNS, decode_image, has_own_splits, load_pairs  # noqa: E402
 from train.launch import check_launch  # noqa: E402
 from train.retrieval_metrics import retrieval_metrics  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # data
@@ -62,17 +67,23 @@ class RetrievalSet:
 
 def load_retrieval_set(
     source: str,
-    split: str = "test",
+    split: str | None = None,
     *,
     image_root: str | None = None,
-    image_column: str = "image",
-    caption_column: str = "caption",
+    image_column: str | None = None,
+    caption_column: str | None = None,
     shapes_config=None,
     data_cache_dir: str = "data_cache/shapes",
     max_images: int | None = None,
 ) -> RetrievalSet:
     """The retrieval items of `split` of `source` (see the module docstring); `max_images` keeps the first ones.
+
+    `split` None: "test", or the whole data for a source without splits (a single data file); a split the data does
+    not have is a ValueError naming the ones it has. Rows with an empty caption are left out (with a warning).
+    `image_column` / `caption_column` None: found by name (`train.data.load_pairs`).
     `shapes_config`: the embedded dataset's `ShapesConfig` (default: the default preset)."""
+    whole = split is None and source != "shapes" and not has_own_splits(source)
+    split = ("train" if whole else "test") if split is None else split
     if source == "shapes":
         from train.shapes_dataset import ShapesConfig, load_shapes_dataset
 
@@ -82,6 +93,11 @@ def load_retrieval_set(
         result = shapes_retrieval_set(splits[split], f"embedded shapes dataset ({split})")
     else:
         rows = load_pairs(source, split, image_column=image_column, caption_column=caption_column, image_root=image_root)
+        captions = rows["caption"]
+        empty = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
+        if empty:  # an image without a caption is no retrieval item (as in the Karpathy splits)
+            logger.warning("%s (%s): left out %d rows without a caption (first: row %d)", source, split, len(empty), empty[0])
+            rows = rows.select(sorted(set(range(len(captions))) - set(empty)))
         columns = rows.select_columns(["image_id", "caption"])[:]
         first_row: dict[int, int] = {}
         for row, image_id in enumerate(columns["image_id"]):
@@ -92,7 +108,7 @@ def load_retrieval_set(
             [str(c).strip() for c in columns["caption"]],
             [index_of[int(i)] for i in columns["image_id"]],
             None,
-            f"{source} ({split})",
+            source if not has_own_splits(source) else f"{source} ({split})",  # a data file is evaluated whole
         )
     if max_images is not None and max_images < len(result.images):
         keep = [c for c, i in enumerate(result.caption_to_image) if i < max_images]
@@ -315,10 +331,18 @@ class EvaluationArguments:
         default="shapes",
         metadata={"help": "'shapes', a saved dataset folder, an imagefolder, a json/jsonl/csv/parquet file, or Karpathy JSON."},
     )
-    split: str = field(default="test", metadata={"help": "Split to evaluate ('test', 'val'/'validation', ...)."})
+    split: str | None = field(
+        default=None,
+        metadata={"help": "Split to evaluate ('test', 'val'/'validation', ...); default 'test', or the whole file for a "
+                          "data file, which has no splits."},
+    )
     image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths are under."})
-    image_column: str = "image"
-    caption_column: str = "caption"
+    image_column: str | None = field(
+        default=None, metadata={"help": f"Image column (default: the first of {', '.join(IMAGE_COLUMNS)} present)."}
+    )
+    caption_column: str | None = field(
+        default=None, metadata={"help": f"Caption column (default: the first of {', '.join(CAPTION_COLUMNS)} present)."}
+    )
     shapes_preset: str = field(default="default", metadata={"help": "Embedded dataset preset: 'default', 'low', 'high'."})
     data_cache_dir: str = "data_cache/shapes"
     max_images: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
@@ -349,7 +373,8 @@ def default_output_path(args: EvaluationArguments) -> str:
     def name(path: str) -> str:
         return os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or "model"
 
-    return os.path.join("outputs", "retrieval", f"{name(args.model)}_{name(args.data)}_{args.split}.json")
+    split = args.split or ("test" if args.data == "shapes" or has_own_splits(args.data) else "all")
+    return os.path.join("outputs", "retrieval", f"{name(args.model)}_{name(args.data)}_{split}.json")
 
 
 def main(argv=None) -> dict:

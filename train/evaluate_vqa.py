@@ -21,16 +21,11 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+from train.data import decode_image  # noqa: E402
 from train.vqa_metrics import majority_answers, normalize_answer, vqa_accuracy, write_results  # noqa: E402
 
 COLUMNS = {"question": "question", "answers": "answers", "image": "image", "question_id": "question_id",
            "answer_type": "answer_type", "question_type": "question_type"}
-
-
-def _rgb(image):
-    from modeling_sisc import SiscModel
-
-    return SiscModel._load_image(image)
 
 
 @torch.no_grad()
@@ -44,7 +39,7 @@ def predict_vqa(model, processor, split, batch_size: int = 128, k: int | None = 
     for start in range(0, len(split), batch_size):
         rows = split[start : start + batch_size]
         inputs = processor(
-            text=list(rows[columns["question"]]), images=[_rgb(i) for i in rows[columns["image"]]], return_tensors="pt"
+            text=list(rows[columns["question"]]), images=[decode_image(i) for i in rows[columns["image"]]], return_tensors="pt"
         ).to(model.device)
         ids = model.predict(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], k=k, **answer_list)
         predictions += [answers[i] for i in ids.tolist()]

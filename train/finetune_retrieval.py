@@ -43,7 +43,8 @@ FINETUNE_DEFAULTS = {
 
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--model_name_or_path" not in argv and "--config" not in argv:
+    given = {arg.split("=", 1)[0] for arg in argv}
+    if not given & {"--model_name_or_path", "--config", "--help", "-h"}:  # --help prints the options instead
         raise SystemExit("finetune_retrieval.py needs --model_name_or_path: the pretrained SISC checkpoint to start from")
     return pretrain.main(argv, defaults=FINETUNE_DEFAULTS, fine_tuned_for="image-text retrieval")
 

@@ -34,7 +34,8 @@ from accelerate.utils import set_seed  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from modeling_sisc import SiscForQuestionAnswering  # noqa: E402
-from train.evaluate_vqa import COLUMNS, _rgb, evaluate_vqa, majority_baselines  # noqa: E402
+from train.data import decode_image  # noqa: E402
+from train.evaluate_vqa import COLUMNS, evaluate_vqa, majority_baselines  # noqa: E402
 from train.task_training import (  # noqa: E402
     TaskTrainingArguments,
     check_common_args,
@@ -85,7 +86,7 @@ class VqaCollator:
 
     def __call__(self, rows):
         inputs = self.processor(
-            text=[r[COLUMNS["question"]] for r in rows], images=[_rgb(r[COLUMNS["image"]]) for r in rows], return_tensors="pt"
+            text=[r[COLUMNS["question"]] for r in rows], images=[decode_image(r[COLUMNS["image"]]) for r in rows], return_tensors="pt"
         )
         labels = torch.zeros(len(rows), len(self.index))
         kind = "share" if self.head == "generate" else "score"

@@ -274,6 +274,7 @@ def render_model_card(
     base_model: str | None = None,
     teacher: str | None = None,
     eval_split: str = "test",
+    eval_dataset_name: str | None = None,
     rerank_metrics: Mapping[str, float] | None = None,
     rerank_k: int | None = None,
     fine_tuned_for: str | None = None,
@@ -297,6 +298,7 @@ def render_model_card(
         base_model: checkpoint the training started from; it goes into the metadata only when it is a Hub id.
         teacher: the frozen teacher's name or path, None when no teacher was used.
         eval_split: the split the metrics were computed on.
+        eval_dataset_name: the data the metrics were computed on when not `dataset_name` (a separate evaluation file).
         rerank_metrics: the same metrics after ITM re-ranking of each query's top `rerank_k` ITC candidates
             (`train/evaluate_retrieval.py`); a second results table and model-index entries whose metric types
             are prefixed `itm_top{k}_`.
@@ -326,12 +328,14 @@ def render_model_card(
         )
 
     setting = "after fine-tuning" if fine_tuned_for else "zero-shot"
-    eval_results = _eval_results(metrics, dataset_type, dataset_label, eval_split, f"Image-text retrieval ({setting}, ITC)")
+    eval_label = str(eval_dataset_name) if eval_dataset_name else dataset_label
+    eval_type = eval_label if _looks_like_hub_id(eval_label) else Path(eval_label).name or eval_label
+    eval_results = _eval_results(metrics, eval_type, eval_label, eval_split, f"Image-text retrieval ({setting}, ITC)")
     if rerank_metrics:
         if not rerank_k:
             raise ValueError("rerank_metrics need the rerank_k they were computed with")
         eval_results += _eval_results(
-            rerank_metrics, dataset_type, dataset_label, eval_split,
+            rerank_metrics, eval_type, eval_label, eval_split,
             f"Image-text retrieval ({setting}, ITM re-ranking of the top {rerank_k})", f"itm_top{rerank_k}_",
         )
 
@@ -374,6 +378,7 @@ def render_model_card(
         objective_text=_objective_text(config),
         result_notes=result_notes,
         eval_split=eval_split,
+        eval_dataset_name=eval_label,
         usage_path=json.dumps(str(repo_id or model_name), ensure_ascii=False),  # a valid Python string literal
         usage_texts=json.dumps(usage_texts, ensure_ascii=False),
     )

@@ -41,7 +41,17 @@ from transformers import AutoProcessor, HfArgumentParser, get_cosine_schedule_wi
 from configuration_sisc import SiscConfig  # noqa: E402
 from modeling_sisc import SiscForPreTraining, SiscModel  # noqa: E402
 from processing_sisc import build_default_processor  # noqa: E402
-from train.data import PairCollator, SkipCounter, load_pairs, pop_bookkeeping  # noqa: E402
+from train.data import (  # noqa: E402
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    PairCollator,
+    SkipCounter,
+    check_caption_vocabulary,
+    has_own_splits,
+    load_pairs,
+    missing_split,
+    pop_bookkeeping,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +102,33 @@ class DataArguments:
         metadata={"help": "'shapes' (embedded dataset), a saved dataset folder, an imagefolder, or a json/jsonl/csv/parquet file."},
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on ('annotated' = the clean split)."})
-    eval_split: str | None = field(default="test", metadata={"help": "Held-out split evaluated at the end ('' = none)."})
+    eval_split: str | None = field(
+        default="test",
+        metadata={"help": "Held-out split evaluated at the end ('' = none); a data file has no such split: see --eval_dataset."},
+    )
     validation_split: str | None = field(
         default=None, metadata={"help": "Split evaluated after every epoch; the best epoch's model is kept (--metric_for_best_model)."}
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "A separate file/folder for evaluation when --dataset has no such split (a data file has none): "
+                          "read whole, or its --eval_split when it has splits."},
+    )
+    validation_dataset: str | None = field(
+        default=None,
+        metadata={"help": "A separate file/folder for validation when --dataset has no such split (as --eval_dataset; "
+                          "--validation_split defaults to 'validation' then)."},
     )
     image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths are under."})
     shapes_preset: str = field(default="default", metadata={"help": "Shapes dataset preset: 'default', 'low' or 'high'."})
     shapes_num_train: int | None = field(default=None, metadata={"help": "Override the number of shapes training images."})
     data_cache_dir: str = field(default="data_cache/shapes", metadata={"help": "Where the shapes dataset is cached."})
-    image_column: str = "image"
-    caption_column: str = "caption"
+    image_column: str | None = field(
+        default=None, metadata={"help": f"Image column (default: the first of {', '.join(IMAGE_COLUMNS)} present)."}
+    )
+    caption_column: str | None = field(
+        default=None, metadata={"help": f"Caption column (default: the first of {', '.join(CAPTION_COLUMNS)} present)."}
+    )
     streaming: bool = field(default=False, metadata={"help": "Stream the data (datasets.IterableDataset)."})
     num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes decoding images."})
     max_bad_fraction: float = field(default=0.05, metadata={"help": "Fail when more than this fraction is unreadable."})
@@ -203,37 +230,57 @@ def shapes_config_from_args(data_args: DataArguments):
 
 
 def load_data(data_args: DataArguments):
-    """(train rows, {split name: RetrievalSet} of the validation / eval splits, dataset description)."""
+    """(train rows, {split name: RetrievalSet} of the validation / eval splits, dataset description).
+
+    Validation / eval data come from `--validation_dataset` / `--eval_dataset` when given, else from the splits of
+    `--dataset`. A split the data does not have fails here, before training: a data file has only "train", and
+    reading it as "test" would evaluate on the training rows."""
     from train.evaluate_retrieval import load_retrieval_set, shapes_retrieval_set
 
-    eval_names = [name for name in (data_args.validation_split, data_args.eval_split) if name]
+    # a separate file needs a split name to log and report its results under
+    if data_args.validation_dataset and not data_args.validation_split:
+        data_args.validation_split = "validation"
+    if data_args.eval_dataset and not data_args.eval_split:
+        data_args.eval_split = "test"
+    wanted = {"validation": data_args.validation_split, "eval": data_args.eval_split}
+    separate = {"validation": data_args.validation_dataset, "eval": data_args.eval_dataset}
+    if wanted["validation"] and wanted["validation"] == wanted["eval"] and separate["validation"] != separate["eval"]:
+        raise ValueError(f"--validation_split and --eval_split are both {wanted['eval']!r} but come from different data: "
+                         "give them different names")
+    from_dataset = list(dict.fromkeys(name for kind, name in wanted.items() if name and not separate[kind]))
+    columns = dict(image_root=data_args.image_root, image_column=data_args.image_column, caption_column=data_args.caption_column)
     if data_args.dataset == "shapes":
         from train.shapes_dataset import load_shapes_dataset
 
         splits = load_shapes_dataset(shapes_config_from_args(data_args), cache_dir=data_args.data_cache_dir)
         description = f"embedded shapes dataset, preset '{data_args.shapes_preset}'"
-        for name in [data_args.train_split, *eval_names]:
+        for name in [data_args.train_split, *from_dataset]:
             if name not in splits:
                 raise ValueError(f"the shapes dataset has no split {name!r}; it has {sorted(splits)}")
         train = load_pairs_from_split(splits[data_args.train_split], data_args.streaming)
-        evaluation = {name: shapes_retrieval_set(splits[name], f"{description} ({name})") for name in eval_names}
-        return train, evaluation, description
-    train = load_pairs(
-        data_args.dataset,
-        data_args.train_split,
-        image_column=data_args.image_column,
-        caption_column=data_args.caption_column,
-        streaming=data_args.streaming,
-        image_root=data_args.image_root,
-    )
-    evaluation = {
-        name: load_retrieval_set(
-            data_args.dataset, name, image_root=data_args.image_root, image_column=data_args.image_column,
+        evaluation = {name: shapes_retrieval_set(splits[name], f"{description} ({name})") for name in from_dataset}
+    else:
+        for kind, name in wanted.items():
+            problem = name and not separate[kind] and missing_split(data_args.dataset, name)
+            if problem:
+                instead = "skip the final evaluation" if kind == "eval" else "train without validation"
+                raise ValueError(f"--{kind}_split {name!r}: {problem}. Pass a separate file/folder with --{kind}_dataset, "
+                                 f"or --{kind}_split '' to {instead}")
+        train = load_pairs(
+            data_args.dataset,
+            data_args.train_split,
+            image_column=data_args.image_column,
             caption_column=data_args.caption_column,
+            streaming=data_args.streaming,
+            image_root=data_args.image_root,
         )
-        for name in eval_names
-    }
-    return train, evaluation, f"{data_args.dataset} ({data_args.train_split})"
+        description = f"{data_args.dataset} ({data_args.train_split})"
+        evaluation = {name: load_retrieval_set(data_args.dataset, name, **columns) for name in from_dataset}
+    for kind, source in separate.items():
+        if source:  # read whole, or its own split of that name when it has splits
+            split = wanted[kind] if has_own_splits(source) else None
+            evaluation[wanted[kind]] = load_retrieval_set(source, split, **columns)
+    return train, evaluation, description
 
 
 def load_pairs_from_split(split, streaming: bool):
@@ -422,6 +469,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
         # masking / hard-negative sampling would drift from an uninterrupted one
         generator=torch.Generator().manual_seed(args.seed),
     )
+    # before any training step: stop on captions the vocabulary cannot read (all [UNK]), warn on poorly read ones
+    check_caption_vocabulary(train_rows, processor.tokenizer)
     if data_args.streaming:
         steps_per_epoch = None
         total_steps = args.max_steps
@@ -640,6 +689,7 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         base_model=model_args.model_name_or_path,
         teacher=model_args.teacher or model_args.teacher_cache,
         eval_split=data_args.eval_split or "none",
+        eval_dataset_name=data_args.eval_dataset,
         rerank_metrics=rerank_metrics,
         rerank_k=args.rerank_k or None,
         fine_tuned_for=fine_tuned_for,

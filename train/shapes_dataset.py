@@ -839,19 +839,10 @@ def false_negative_rate(dataset_split, batch_size: int = 64, num_batches: int = 
     return relevant / max(total, 1)
 
 
-def _decode(value) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        return Image.open(value["path"]).convert("RGB")
-    raise TypeError(f"cannot decode image of type {type(value).__name__}")
-
-
 def retrieval_view(test_split):
     """(images, captions, caption_to_image, relevance) of a split with one row per (image, caption):
-    images: list of PIL RGB images, one per distinct image_id, in order of first appearance;
+    images: list of decoded PIL images (`train.data.decode_image`), one per distinct image_id, in order of first
+    appearance;
     captions: list of all captions (str); caption_to_image: index into `images` of each caption's own image;
     relevance: bool array (n_captions, n_images), [c, i] = caption c is true of image i (own image always True)."""
     columns = _text_columns(test_split, ("image_id", "caption", "scene", "caption_facts"))
@@ -860,7 +851,9 @@ def retrieval_view(test_split):
         first_row.setdefault(int(image_id), row)
     order = {image_id: k for k, image_id in enumerate(first_row)}
     rows = list(first_row.values())
-    images = [_decode(value) for value in test_split.select(rows)[:]["image"]] if rows else []
+    from train.data import decode_image
+
+    images = [decode_image(value) for value in test_split.select(rows)[:]["image"]] if rows else []
     caption_to_image = [order[int(i)] for i in columns["image_id"]]
     relevance = relevance_matrix(columns["caption_facts"], [columns["scene"][r] for r in rows])
     if len(caption_to_image) and not relevance[np.arange(len(caption_to_image)), caption_to_image].all():
