@@ -295,3 +295,20 @@ def test_two_processes_checkpoint_stop_together_and_skip_the_same_bad_items(karp
     assert code != 0 and "stopped by" in stderr and "after step 1" in stderr, stderr[-3000:]
     assert pretrain.checkpoint_steps(str(stopped)) == [(1, str(stopped / "checkpoints" / "step_1"))]
     assert (stopped / "checkpoints" / "step_1" / "sisc_progress.json").is_file()
+
+
+def test_a_resumed_run_keeps_its_validation_history_and_best_model(karpathy, tmp_path, at_step):
+    """Stopped at the last step of epoch 1 (before its validation): the resumed run validates epoch 1, then 2."""
+    args = ["--num_epochs", "2", "--eval_split", "", "--validation_split", "val"]
+    one_go = tmp_path / "one_go"
+    train(karpathy, one_go, *args)
+    out = tmp_path / "run"
+    at_step(5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(SystemExit):
+        train(karpathy, out, *args)
+    at_step(None, None)
+    train(karpathy, out, *args, "--resume_from_checkpoint", "latest")
+    expected, resumed = (json.loads((folder / "results.json").read_text()) for folder in (one_go, out))
+    assert [(h["epoch"], h["step"]) for h in resumed["validation_history"]] == [(1, 5), (2, 10)]
+    assert resumed["best_model"]["step"] == expected["best_model"]["step"]
+    assert_same_weights(weights(one_go), weights(out))

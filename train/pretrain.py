@@ -640,6 +640,34 @@ def divergence(step: int, reason: str, losses: dict | None, grad_norm, scheduler
     )
 
 
+def training_forward(model, batch: dict, extra: dict, step: int, scheduler, args, last_losses: dict | None):
+    """The model's outputs on a batch. The model refuses non-finite similarities (in the regulation weights): the
+    last update overflowed the weights, and the user gets the trainer's divergence error, with its context."""
+    try:
+        return model(
+            input_ids=batch["input_ids"],
+            pixel_values=batch["pixel_values"],
+            attention_mask=batch["attention_mask"],
+            image_ids=batch["image_ids"],
+            **extra,
+        )
+    except ValueError as error:
+        if "similarity must be finite" not in str(error):
+            raise
+        reason = "the model's similarities are not finite (the last update overflowed the weights)"
+        raise divergence(step, reason, None, None, scheduler, args, last_losses) from error
+
+
+def clip_and_check_gradients(accelerator: Accelerator, model, outputs, step: int, scheduler, args, last_losses: dict | None) -> None:
+    """Clip the gradients to --max_grad_norm; raise TrainingDiverged when the loss or the gradient norm is not
+    finite (called before optimizer.step(), so that such an update is never applied)."""
+    grad_norm = measure_and_clip_gradients(accelerator, model, args.max_grad_norm)
+    if not is_finite_step(accelerator, outputs.loss, grad_norm):
+        losses = detached_losses(outputs)
+        reason = "the gradient norm is not finite" if torch.isfinite(losses["loss"]) else "the loss is not finite"
+        raise divergence(step, reason, losses, grad_norm, scheduler, args, last_losses)
+
+
 def check_contrastive_batch(config, per_device_batch_size: int, num_processes: int) -> None:
     """A contrastive batch of one pair has no negatives: the ITC loss would be identically 0 (the queue of ALBEF's
     momentum distillation does bring negatives)."""
@@ -779,15 +807,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
     global_step, start_epoch, skip_batches, resumed = 0, 0, 0, {}
     settings = run_settings(model_args, data_args, args, total_steps, accelerator.num_processes)
     if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        resumed = read_progress(checkpoint)
-        check_resume_settings(checkpoint, resumed.get("settings"), settings)
-        accelerator.load_state(checkpoint)
+        resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        resumed = read_progress(resume_path)
+        check_resume_settings(resume_path, resumed.get("settings"), settings)
+        accelerator.load_state(resume_path)
         global_step = resumed["global_step"]
         if steps_per_epoch:
             start_epoch = global_step // steps_per_epoch
             skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        accelerator.print(f"resumed from {checkpoint} at step {global_step}")
+        accelerator.print(f"resumed from {resume_path} at step {global_step}")
 
     if accelerator.is_main_process:
         tracker_config = {**asdict(model_args), **asdict(data_args), **asdict(args)}
@@ -813,6 +841,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
             saved_step = global_step
         return saved_path
 
+    if resumed and steps_per_epoch and global_step % steps_per_epoch == 0 and global_step < total_steps:
+        # a checkpoint of an epoch's last step is written before that epoch's validation: catch up on it
+        with checkpoint_on_bad_data(checkpoint):
+            validation.run(accelerator.unwrap_model(model), epochs_done(global_step, steps_per_epoch, epoch), global_step)
     model.train()
     last_losses = None
     with StopSignals(verbose=accelerator.is_local_main_process) as signals:
@@ -839,28 +871,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
                 if model_args.oracle_false_negatives:
                     extra["false_negative_mask"] = relevance
                 with accelerator.accumulate(model):
-                    try:
-                        outputs = model(
-                            input_ids=batch["input_ids"],
-                            pixel_values=batch["pixel_values"],
-                            attention_mask=batch["attention_mask"],
-                            image_ids=batch["image_ids"],
-                            **extra,
-                        )
-                    except ValueError as error:
-                        # the regulation weights refuse non-finite similarities: the last update overflowed the model
-                        if "similarity must be finite" not in str(error):
-                            raise
-                        reason = "the model's similarities are not finite (the last update overflowed the weights)"
-                        raise divergence(global_step + 1, reason, None, None, scheduler, args, last_losses) from error
+                    outputs = training_forward(model, batch, extra, global_step + 1, scheduler, args, last_losses)
                     accelerator.backward(outputs.loss)
                     if accelerator.sync_gradients:
-                        grad_norm = measure_and_clip_gradients(accelerator, model, args.max_grad_norm)
                         # before optimizer.step(): a non-finite loss or gradient never reaches the weights
-                        if not is_finite_step(accelerator, outputs.loss, grad_norm):
-                            losses = detached_losses(outputs)
-                            reason = "the gradient norm is not finite" if torch.isfinite(losses["loss"]) else "the loss is not finite"
-                            raise divergence(global_step + 1, reason, losses, grad_norm, scheduler, args, last_losses)
+                        clip_and_check_gradients(accelerator, model, outputs, global_step + 1, scheduler, args, last_losses)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
@@ -1093,18 +1108,31 @@ class Validation:
         if improved:
             self.best.update(value=value, epoch=epoch, step=step)
             if self.accelerator.is_main_process:  # written aside, then renamed: a kill never leaves half a model
-                model.save_pretrained(self.folder + PARTIAL_SUFFIX)
-                replace_folder(self.folder + PARTIAL_SUFFIX, self.folder)
+                partial = self.folder + PARTIAL_SUFFIX
+                model.save_pretrained(partial)
+                with open(os.path.join(partial, self.STEP_FILE), "w") as f:
+                    json.dump({"step": step}, f)
+                replace_folder(partial, self.folder)
             self.accelerator.wait_for_everyone()
 
+    STEP_FILE = "sisc_best_step.json"
+
     def restore(self, state: dict) -> None:
-        """The best model and history of a resumed run (from its checkpoint)."""
+        """The best model and history of a resumed run (from its checkpoint), if `checkpoints/best` still holds that
+        model (not when resuming into another folder, or from a checkpoint older than a later best model)."""
         self.history = list(state["history"])
         self.best = dict(state["best"])
-        if self.best["step"] is not None and not os.path.isdir(self.folder):
+        if self.best["step"] is None:
+            return
+        try:
+            with open(os.path.join(self.folder, self.STEP_FILE)) as f:
+                saved_step = json.load(f)["step"]
+        except (OSError, ValueError, KeyError):
+            saved_step = None
+        if saved_step != self.best["step"]:
             logger.warning(
-                "the best model so far (step %s) is not in %s (resumed into another output folder): the model "
-                "selection starts again from the resumed step", self.best["step"], self.folder,
+                "the best model so far (step %s) is not in %s: the model selection starts again from the resumed step",
+                self.best["step"], self.folder,
             )
             self.best = {"metric": self.metric, "value": None, "epoch": None, "step": None}
 
