@@ -976,9 +976,11 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: PretrainArgu
                 image_batch_size=args.eval_batch_size, accelerator=accelerator, max_bad_fraction=data_args.max_bad_fraction,
             )
         except BaseException:
+            command = f"train/evaluate_retrieval.py --model {args.output_dir} --data {data_args.dataset} --split {data_args.eval_split}"
             accelerator.print(
-                f"\nthe final evaluation failed; the trained model is saved in {args.output_dir} (evaluate it again with "
-                f"train/evaluate_retrieval.py --model {args.output_dir})", file=sys.stderr,
+                f"\nthe final evaluation did not finish; the trained model is saved in {args.output_dir} (evaluate it "
+                f"again with {command}{' --image_root ' + data_args.image_root if data_args.image_root else ''})",
+                file=sys.stderr,
             )
             raise
         summary.update(
