@@ -72,13 +72,14 @@ def main(argv=None) -> dict:
         encoded, seconds = timed(lambda: encode_set(model, processor, data, keep_hidden=True))
         times["encode (+ hidden states)"].append(seconds)
         similarity, seconds = timed(lambda: encoded.image_embeds @ encoded.text_embeds.t())
-        _, metric_seconds = timed(lambda: retrieval_metrics(similarity, data.caption_to_image, data.relevance))
+        kept = encoded.data  # the readable items (unreadable images and empty captions are left out)
+        _, metric_seconds = timed(lambda: retrieval_metrics(similarity, kept.caption_to_image, kept.relevance))
         times["itc ranking + metrics"].append(seconds + metric_seconds)
         for k in args.rerank_k:
             def rerank(k=k):
                 by_image = itm_rerank(model, encoded, similarity, k, image_queries=True, batch_size=args.itm_batch_size)
                 by_text = itm_rerank(model, encoded, similarity, k, image_queries=False, batch_size=args.itm_batch_size)
-                return retrieval_metrics(by_image, data.caption_to_image, data.relevance, image_retrieval_similarity=by_text)
+                return retrieval_metrics(by_image, kept.caption_to_image, kept.relevance, image_retrieval_similarity=by_text)
 
             _, seconds = timed(rerank)
             times[f"itm re-rank top-{k} (both directions)"].append(seconds)

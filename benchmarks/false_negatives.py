@@ -90,13 +90,14 @@ def common_arguments(args) -> list[str]:
 
 
 def train_once(folder: str, argv: list[str]) -> dict:
-    """One pretraining run into `folder`, unless it finished before (its results.json exists)."""
+    """One pretraining run into `folder`, unless it finished before (its results.json exists); an unfinished one
+    (stopped during training or its evaluation) is started again."""
     from train import pretrain
 
     results = os.path.join(folder, "results.json")
-    if not os.path.exists(results):
+    if not os.path.exists(results) or json.load(open(results)).get("metrics") in (None, {}):
         started = time.time()
-        pretrain.main([*argv, "--output_dir", folder])
+        pretrain.main([*argv, "--output_dir", folder, "--overwrite_output_dir"])
         print(f"  finished {folder} in {time.time() - started:.0f} s", flush=True)
     with open(results) as handle:
         return json.load(handle)

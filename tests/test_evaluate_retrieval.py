@@ -15,6 +15,7 @@ from PIL import Image
 from modeling_sisc import SiscModel
 from train.data import load_pairs
 from train.evaluate_retrieval import (
+    BadEvaluationData,
     EncodedSet,
     RetrievalSet,
     encode_set,
@@ -195,7 +196,56 @@ def test_rerank_with_k_covering_everything_ranks_by_itm_alone(model_and_processo
     images = [Image.new("RGB", (16, 16), c) for c in COLOURS.values()]
     data = RetrievalSet(images, [f"a {name} square" for name in COLOURS], [0, 1, 2, 3])
     results = evaluate_retrieval(model, processor, data, rerank_k=100)  # k is capped at the number of candidates
-    assert set(results) == {"itc", "itm_top100", "timing"} and results["timing"]["rerank_seconds"] >= 0
+    assert set(results) == {"itc", "itm_top100", "timing", "skipped"} and results["timing"]["rerank_seconds"] >= 0
+    assert results["skipped"]["pairs"] == results["skipped"]["images"] == 0
+
+
+def truncate(path):
+    """Cut an image file in half: it opens, but decoding it fails (a download or copy that stopped midway)."""
+    data = open(path, "rb").read()
+    with open(path, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+
+
+@pytest.fixture(scope="module")
+def karpathy_with_a_truncated_image(tmp_path_factory):
+    """The tiny Karpathy data with the 2nd test image (15.png, 2 captions) truncated."""
+    path = write_karpathy(tmp_path_factory.mktemp("karpathy_bad"))
+    truncate(path.parent / "images" / "15.png")
+    return path
+
+
+def test_unreadable_images_are_left_out_with_their_captions(model_and_processor, karpathy, karpathy_with_a_truncated_image):
+    model, processor = model_and_processor
+    bad = load_retrieval_set(str(karpathy_with_a_truncated_image), "test")
+    results = evaluate_retrieval(model, processor, bad, rerank_k=3, image_batch_size=3, max_bad_fraction=0.2)
+    assert results["skipped"]["reasons"] == {"bad image (OSError)": 2}
+    assert {k: results["skipped"][k] for k in ("pairs", "of_pairs", "images", "of_images")} == {
+        "pairs": 2, "of_pairs": 14, "images": 1, "of_images": 7}
+    assert results["skipped"]["examples"][0].startswith("1: ") and results["skipped"]["examples"][0].endswith("15.png")
+    assert {"itc", "itm_top3"} <= set(results) and results["itc"].get("tr_no_caption", 0) == 0
+    # what is ranked: the six readable images and their twelve captions
+    good = load_retrieval_set(str(karpathy), "test")
+    readable = good.subset([0, 2, 3, 4, 5, 6], [0, 1, *range(4, 14)], "without 15.png")
+    encoded, expected = encode_set(model, processor, bad, max_bad_fraction=0.2), encode_set(model, processor, readable)
+    assert encoded.data.captions == readable.captions and encoded.data.caption_to_image == readable.caption_to_image
+    assert [os.path.basename(p) for p in encoded.data.images] == [os.path.basename(p) for p in readable.images]
+    torch.testing.assert_close(encoded.image_embeds, expected.image_embeds, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(encoded.text_embeds, expected.text_embeds, rtol=1e-4, atol=1e-5)
+    # 2 of 14 pairs is more than 10 %
+    with pytest.raises(BadEvaluationData, match=r"2 of 14 samples .*max_bad_fraction.*15\.png"):
+        evaluate_retrieval(model, processor, bad, max_bad_fraction=0.1)
+
+
+def test_empty_captions_are_left_out_and_nothing_readable_is_an_error(model_and_processor):
+    model, processor = model_and_processor
+    images = [Image.new("RGB", (16, 16), c) for c in COLOURS.values()]
+    data = RetrievalSet(images, ["a red square", " ", "a blue square", "a yellow square"], [0, 1, 2, 3])
+    results = evaluate_retrieval(model, processor, data, max_bad_fraction=0.5)
+    assert results["skipped"]["reasons"] == {"empty caption": 1} and results["skipped"]["images"] == 0
+    assert results["itc"]["tr_no_caption"] == 1  # the green square stays a candidate, without a caption to find
+    with pytest.raises(BadEvaluationData, match="nothing readable"):
+        evaluate_retrieval(model, processor, RetrievalSet(["/nowhere/a.png"], ["a"], [0]), max_bad_fraction=1.0)
 
 
 def run_cli(args, processes=1, timeout=240):
@@ -236,12 +286,26 @@ def test_two_processes_give_the_numbers_of_one(checkpoint, karpathy, tmp_path):
         assert one["results"][mode] == pytest.approx(two["results"][mode]), mode
 
 
+def test_two_processes_agree_on_the_unreadable_images(checkpoint, karpathy_with_a_truncated_image, tmp_path):
+    """The truncated image is in the first process's shard: both processes leave out the same items."""
+    common = ["--model", str(checkpoint), "--data", str(karpathy_with_a_truncated_image), "--split", "test",
+              "--rerank_k", "3", "--image_batch_size", "2", "--text_batch_size", "3", "--itm_batch_size", "4",
+              "--max_bad_fraction", "0.2", "--output_json"]
+    stdout = run_cli([*common, str(tmp_path / "one.json")])
+    assert "left out 2 of 14 (image, caption) pairs" in stdout and "15.png" in stdout
+    run_cli([*common, str(tmp_path / "two.json")], processes=2)
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert one["results"]["skipped"] == two["results"]["skipped"] and one["results"]["skipped"]["images"] == 1
+    for mode in ("itc", "itm_top3"):
+        assert one["results"][mode] == pytest.approx(two["results"][mode]), mode
+
+
 def test_cli_in_process_writes_json_and_table(checkpoint, karpathy, tmp_path, capsys):
     out = tmp_path / "results.json"
     summary = main(["--model", str(checkpoint), "--data", str(karpathy), "--rerank_k", "0", "--output_json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["results"]["itc"] == pytest.approx(summary["results"]["itc"])
-    assert set(saved["results"]) == {"itc", "timing"}
+    assert set(saved["results"]) == {"itc", "timing", "skipped"}
     printed = capsys.readouterr().out
     assert "dataset_tiny.json (test): 7 images, 14 captions" in printed and "r_mean" in printed
 

@@ -12,7 +12,10 @@ to "test"; a data file has no splits and is evaluated whole, and a split the dat
 it has. The image and caption columns are found by their usual names unless `--image_column` / `--caption_column`.
 
 Every image and caption is encoded once, in batches, in inference mode; with several processes each encodes a
-contiguous shard and the shards are gathered, so the numbers are those of one process. Re-ranking scores each
+contiguous shard and the shards are gathered, so the numbers are those of one process. Bad items are skipped and
+counted as in training: an image that cannot be decoded is left out together with its captions, and so is an empty
+caption; the metrics are those of the readable items, `results["skipped"]` says what was left out, and more than
+`--max_bad_fraction` of the (image, caption) pairs left out is an error. Re-ranking scores each
 query's k best ITC candidates with the ITM head on the fusion encoder (k x queries pairs, batched, queries sharded
 over the processes) and ranks them above all other candidates by their ITM match log-odds; the rest keep their ITC
 order. Metrics: `train.retrieval_metrics` (TR / IR R@1/5/10 and their mean; with the embedded dataset's
@@ -27,6 +30,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from train.data import CAPTION_COLUMNS, IMAGE_COLUMNS, decode_image, has_own_splits, load_pairs  # noqa: E402
+from train.data import CAPTION_COLUMNS, IMAGE_COLUMNS, SkipCounter, decode_image, has_own_splits, load_pairs  # noqa: E402
 from train.launch import check_launch  # noqa: E402
 from train.retrieval_metrics import retrieval_metrics  # noqa: E402
 
@@ -63,6 +67,18 @@ class RetrievalSet:
             raise ValueError(f"{len(self.captions)} captions but {len(self.caption_to_image)} caption -> image indices")
         if not self.images or not self.captions:
             raise ValueError(f"empty retrieval set ({self.description}): {len(self.images)} images, {len(self.captions)} captions")
+
+    def subset(self, images: list[int], captions: list[int], note: str) -> "RetrievalSet":
+        """The given images (indices, in order) and captions (indices of captions of those images)."""
+        new_index = {old: new for new, old in enumerate(images)}
+        relevance = self.relevance[np.ix_(captions, images)] if self.relevance is not None else None
+        return RetrievalSet(
+            [self.images[i] for i in images],
+            [self.captions[c] for c in captions],
+            [new_index[self.caption_to_image[c]] for c in captions],
+            relevance,
+            f"{self.description}, {note}",
+        )
 
 
 def load_retrieval_set(
@@ -164,34 +180,56 @@ def _gather(value, accelerator):
     return torch.cat(parts) if isinstance(value, torch.Tensor) else [x for part in parts for x in part]
 
 
+class BadEvaluationData(RuntimeError):
+    """More of the evaluation data was unreadable or empty than `max_bad_fraction` allows (or all of it)."""
+
+
 @dataclass
 class EncodedSet:
-    """Embeddings (L2-normalised, float32, CPU) and, for re-ranking, the encoders' hidden states."""
+    """Embeddings (L2-normalised, float32, CPU) and, for re-ranking, the encoders' hidden states, of the readable
+    items of a retrieval set: `data` is the set of those items (the input set itself when nothing was left out) and
+    `skipped` says what was left out (see `leave_out_bad_items`)."""
 
     image_embeds: torch.Tensor
     text_embeds: torch.Tensor
     image_hidden: torch.Tensor | None = None  # (n_images, patches + 1, hidden), model dtype
     text_hidden: torch.Tensor | None = None  # (n_captions, length, hidden), model dtype
     text_mask: torch.Tensor | None = None  # (n_captions, length)
+    data: RetrievalSet | None = None
+    skipped: dict | None = None
 
 
 @torch.inference_mode()
 def encode_images(model, processor, images, batch_size=128, *, keep_hidden=False, desc="encode images", accelerator=None):
-    """(embeddings, hidden states or None) of a list of images, decoded and encoded batch by batch."""
+    """(embeddings, hidden states or None, {index: reason} of the images that could not be decoded) of a list of
+    images, decoded and encoded batch by batch. An unreadable image is left out: the embeddings have one row per
+    readable image, in order. With several processes each decodes its contiguous shard; the embeddings and the bad
+    indices are gathered, so every process knows the same kept images."""
     device = model.device
-    embeds, hidden = [], []
+    embeds, hidden, bad = [], [], {}
     indices = _shard(len(images), accelerator)
     show = accelerator is None or accelerator.is_local_main_process
     for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not show or len(indices) <= batch_size):
-        batch = [decode_image(images[i]) for i in indices[start : start + batch_size]]
+        batch = []
+        for i in indices[start : start + batch_size]:
+            try:
+                batch.append(decode_image(images[i]))
+            except Exception as error:  # any unreadable image is skipped, as the training collator does
+                bad[i] = f"bad image ({type(error).__name__})"
+        if not batch:
+            continue
         pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device, model.dtype)
         outputs, embedding = model.encode_image(pixels)
         embeds.append(embedding.float().cpu())
         if keep_hidden:
             hidden.append(outputs.last_hidden_state.cpu())
     embeds = torch.cat(embeds) if embeds else torch.empty(0, model.config.embed_dim)
+    if keep_hidden and not hidden:  # a shard without readable images still has the hidden states' shape
+        size = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        hidden = [torch.empty(0, size * size + 1, model.config.vision_config.hidden_size, dtype=model.dtype)]
     hidden = torch.cat(hidden) if hidden else None
-    return _gather(embeds, accelerator), (_gather(hidden, accelerator) if keep_hidden else None)
+    bad = dict(_gather(sorted(bad.items()), accelerator))
+    return _gather(embeds, accelerator), (_gather(hidden, accelerator) if keep_hidden else None), bad
 
 
 @torch.inference_mode()
@@ -215,14 +253,81 @@ def encode_texts(model, processor, texts, batch_size=256, *, keep_hidden=False, 
     return _gather(embeds, accelerator), (_gather(hidden, accelerator) if keep_hidden else None), attention_mask
 
 
-def encode_set(model, processor, data: RetrievalSet, *, keep_hidden=False, image_batch_size=128, text_batch_size=256, accelerator=None):
-    image_embeds, image_hidden = encode_images(
+def _describe_image(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"<{type(value).__name__}>"
+
+
+def leave_out_bad_items(data: RetrievalSet, bad_images: dict[int, str]) -> tuple[list[int], list[int], dict]:
+    """(kept image indices, kept caption indices, what was left out) when the images `bad_images` ({index: reason})
+    could not be read: they go with all their captions, and empty captions go too. Counts are of (image, caption)
+    pairs, as in training; `reasons` counts pairs by reason and `examples` names up to 10 unreadable images."""
+    reasons: Counter = Counter()
+    captions = []
+    for c, (caption, image) in enumerate(zip(data.captions, data.caption_to_image)):
+        if image in bad_images:
+            reasons[bad_images[image]] += 1
+        elif not str(caption).strip():
+            reasons["empty caption"] += 1
+        else:
+            captions.append(c)
+    images = [i for i in range(len(data.images)) if i not in bad_images]
+    skipped = {
+        "pairs": len(data.captions) - len(captions),
+        "of_pairs": len(data.captions),
+        "images": len(bad_images),
+        "of_images": len(data.images),
+        "reasons": dict(reasons),
+        "examples": [f"{i}: {_describe_image(data.images[i])}" for i in sorted(bad_images)[:10]],
+    }
+    return images, captions, skipped
+
+
+def skip_report(skipped: dict | None) -> str:
+    """One line about what an evaluation left out ("" when nothing)."""
+    if not skipped or not skipped["pairs"] and not skipped["images"]:
+        return ""
+    line = (
+        f"left out {skipped['pairs']} of {skipped['of_pairs']} (image, caption) pairs "
+        f"({skipped['images']} of {skipped['of_images']} images unreadable): {skipped['reasons']}"
+    )
+    return line + (f"; unreadable: {', '.join(skipped['examples'])}" if skipped["examples"] else "")
+
+
+def check_bad_fraction(skipped: dict, max_bad_fraction: float | None, description: str) -> None:
+    """Raise BadEvaluationData when more pairs than `max_bad_fraction` were left out (None: no limit), or all."""
+    counter = SkipCounter(max_bad_fraction=1.0 if max_bad_fraction is None else max_bad_fraction)
+    counter.update(skipped["of_pairs"], skipped["pairs"], skipped["reasons"])
+    try:
+        counter.check()
+    except RuntimeError as error:
+        raise BadEvaluationData(f"evaluation data {description}: {error}; {skip_report(skipped)}") from None
+    if skipped["images"] == skipped["of_images"] or skipped["pairs"] == skipped["of_pairs"]:
+        raise BadEvaluationData(f"evaluation data {description}: nothing readable is left; {skip_report(skipped)}")
+
+
+def encode_set(
+    model, processor, data: RetrievalSet, *, keep_hidden=False, image_batch_size=128, text_batch_size=256,
+    accelerator=None, max_bad_fraction: float | None = None,
+) -> EncodedSet:
+    """The readable items of `data`, encoded (see EncodedSet). Unreadable images are found while encoding them, so
+    the captions to encode are known after the images; `max_bad_fraction` (None: no limit) fails before that."""
+    image_embeds, image_hidden, bad_images = encode_images(
         model, processor, data.images, image_batch_size, keep_hidden=keep_hidden, accelerator=accelerator
     )
+    images, captions, skipped = leave_out_bad_items(data, bad_images)
+    check_bad_fraction(skipped, max_bad_fraction, data.description)
+    if skipped["pairs"] or skipped["images"]:
+        data = data.subset(images, captions, f"{skipped['pairs']} unreadable or empty pairs left out")
     text_embeds, text_hidden, text_mask = encode_texts(
         model, processor, data.captions, text_batch_size, keep_hidden=keep_hidden, accelerator=accelerator
     )
-    return EncodedSet(image_embeds, text_embeds, image_hidden, text_hidden, text_mask if keep_hidden else None)
+    return EncodedSet(
+        image_embeds, text_embeds, image_hidden, text_hidden, text_mask if keep_hidden else None, data, skipped
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,15 +396,19 @@ def evaluate_retrieval(
     text_batch_size: int = 256,
     itm_batch_size: int = 256,
     accelerator=None,
+    max_bad_fraction: float | None = 0.05,
 ) -> dict[str, dict]:
-    """{"itc": metrics[, "itm_top{k}": metrics], "timing": seconds and items per second}; the same on every process."""
+    """{"itc": metrics[, "itm_top{k}": metrics], "timing": seconds and items per second, "skipped": what was left
+    out (see `leave_out_bad_items`)}; the same on every process. The metrics are those of the readable items; more
+    unreadable or empty (image, caption) pairs than `max_bad_fraction` (None: no limit) raise BadEvaluationData."""
     was_training = model.training
     model.eval()
     started = time.perf_counter()
     encoded = encode_set(
         model, processor, data, keep_hidden=rerank_k > 0, image_batch_size=image_batch_size,
-        text_batch_size=text_batch_size, accelerator=accelerator,
+        text_batch_size=text_batch_size, accelerator=accelerator, max_bad_fraction=max_bad_fraction,
     )
+    data = encoded.data  # the readable items
     encode_seconds = time.perf_counter() - started
     similarity = encoded.image_embeds @ encoded.text_embeds.t()
     results = {"itc": retrieval_metrics(similarity, data.caption_to_image, data.relevance)}
@@ -317,6 +426,7 @@ def evaluate_retrieval(
         )
     model.train(was_training)
     results["timing"] = timing
+    results["skipped"] = encoded.skipped
     return results
 
 
@@ -350,6 +460,9 @@ class EvaluationArguments:
     image_batch_size: int = 128
     text_batch_size: int = 256
     itm_batch_size: int = field(default=256, metadata={"help": "Image-text pairs per ITM forward pass."})
+    max_bad_fraction: float = field(
+        default=0.05, metadata={"help": "Fail when more than this fraction of the (image, caption) pairs is unreadable or empty."}
+    )
     output_json: str | None = field(
         default=None, metadata={"help": "Where the results go (default: outputs/retrieval/<model>_<data>_<split>.json)."}
     )
@@ -357,7 +470,7 @@ class EvaluationArguments:
 
 def format_table(results: dict[str, dict]) -> str:
     """Metrics as rows, ranking modes as columns."""
-    modes = [name for name in results if name != "timing"]
+    modes = [name for name in results if name not in ("timing", "skipped")]
     keys = list(results[modes[0]])
     lines = [f"{'metric':<16}" + "".join(f"{mode:>14}" for mode in modes)]
     for key in keys:
@@ -408,6 +521,7 @@ def evaluate_from_command_line(argv) -> dict:
     results = evaluate_retrieval(
         model, processor, data, rerank_k=args.rerank_k, image_batch_size=args.image_batch_size,
         text_batch_size=args.text_batch_size, itm_batch_size=args.itm_batch_size, accelerator=accelerator,
+        max_bad_fraction=args.max_bad_fraction,
     )
     summary = {
         "model": args.model,
@@ -424,6 +538,8 @@ def evaluate_from_command_line(argv) -> dict:
         with open(path, "w") as handle:
             json.dump(summary, handle, indent=2)
         print(f"\n{data.description}: {len(data.images)} images, {len(data.captions)} captions")
+        if skip_report(results["skipped"]):
+            print(f"{skip_report(results['skipped'])}; the metrics are those of the readable items")
         print(format_table(results))
         print(f"results written to {path}")
     accelerator.wait_for_everyone()
