@@ -25,7 +25,7 @@ from train.evaluate_retrieval import (
     main,
 )
 from train.retrieval_metrics import retrieval_metrics
-from tests.helpers.tiny_data import COLOURS, save_tiny_checkpoint, write_karpathy
+from tests.helpers.tiny_data import COLOURS, save_tiny_checkpoint, truncate, write_karpathy
 
 WORKER = os.path.join(os.path.dirname(__file__), "helpers", "evaluate_retrieval_worker.py")
 
@@ -198,13 +198,6 @@ def test_rerank_with_k_covering_everything_ranks_by_itm_alone(model_and_processo
     results = evaluate_retrieval(model, processor, data, rerank_k=100)  # k is capped at the number of candidates
     assert set(results) == {"itc", "itm_top100", "timing", "skipped"} and results["timing"]["rerank_seconds"] >= 0
     assert results["skipped"]["pairs"] == results["skipped"]["images"] == 0
-
-
-def truncate(path):
-    """Cut an image file in half: it opens, but decoding it fails (a download or copy that stopped midway)."""
-    data = open(path, "rb").read()
-    with open(path, "wb") as handle:
-        handle.write(data[: len(data) // 2])
 
 
 @pytest.fixture(scope="module")

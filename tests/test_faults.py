@@ -12,19 +12,12 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from tests.helpers.tiny_data import write_karpathy
+from tests.helpers.tiny_data import truncate, write_karpathy
 from train import pretrain
 from train.evaluate_retrieval import BadEvaluationData
 
 TINY = ["--image_size", "16", "--hidden_size", "32", "--per_device_batch_size", "4", "--num_workers", "0",
         "--report_to", "none", "--warmup_steps", "1", "--logging_steps", "1", "--diagnostics_steps", "1000"]
-
-
-def truncate(path):
-    """Cut an image file in half: it opens, but decoding it fails (a copy that stopped midway)."""
-    data = open(path, "rb").read()
-    with open(path, "wb") as handle:
-        handle.write(data[: len(data) // 2])
 
 
 @pytest.fixture(scope="module")

@@ -37,3 +37,10 @@ def save_tiny_checkpoint(folder):
     SiscForPreTraining(SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=16, hidden_size=32)).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def truncate(path):
+    """Cut an image file in half: it opens, but decoding it fails (a download or copy that stopped midway)."""
+    data = open(path, "rb").read()
+    with open(path, "wb") as handle:
+        handle.write(data[: len(data) // 2])
