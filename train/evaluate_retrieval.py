@@ -98,8 +98,8 @@ def load_retrieval_set(
     not have is a ValueError naming the ones it has. Rows with an empty caption are left out (with a warning).
     `image_column` / `caption_column` None: found by name (`train.data.load_pairs`).
     `shapes_config`: the embedded dataset's `ShapesConfig` (default: the default preset)."""
-    whole = split is None and source != "shapes" and not has_own_splits(source)
-    split = ("train" if whole else "test") if split is None else split
+    own_splits = source == "shapes" or has_own_splits(source)
+    split = ("test" if own_splits else "train") if split is None else split
     if source == "shapes":
         from train.shapes_dataset import ShapesConfig, load_shapes_dataset
 
@@ -124,18 +124,11 @@ def load_retrieval_set(
             [str(c).strip() for c in columns["caption"]],
             [index_of[int(i)] for i in columns["image_id"]],
             None,
-            source if not has_own_splits(source) else f"{source} ({split})",  # a data file is evaluated whole
+            f"{source} ({split})" if own_splits else source,  # a data file is evaluated whole
         )
     if max_images is not None and max_images < len(result.images):
         keep = [c for c, i in enumerate(result.caption_to_image) if i < max_images]
-        relevance = result.relevance[np.ix_(keep, range(max_images))] if result.relevance is not None else None
-        result = RetrievalSet(
-            result.images[:max_images],
-            [result.captions[c] for c in keep],
-            [result.caption_to_image[c] for c in keep],
-            relevance,
-            f"{result.description}, first {max_images} images",
-        )
+        result = result.subset(list(range(max_images)), keep, f"first {max_images} images")
     return result
 
 
