@@ -837,7 +837,7 @@ class SiscModel(SiscPreTrainedModel):
     def _load_image(image):
         """A file path (str / os.PathLike) opened with PIL and fully loaded; anything else is passed to the processor
         as it is. No mode conversion here: the processor converts (16-bit to 8-bit, transparency onto white), so these
-        are the pixels `train.data.decode_image` gives in training (this file cannot import from train/)."""
+        are the pixels `sisc_train.data.pairs.decode_image` gives in training (this file cannot import from train/)."""
         import os
 
         if isinstance(image, (str, os.PathLike)):

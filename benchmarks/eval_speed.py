@@ -14,16 +14,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
+import torch
 
-from train.evaluate_retrieval import encode_set, itm_rerank, load_retrieval_set  # noqa: E402
-from train.retrieval_metrics import retrieval_metrics  # noqa: E402
+from sisc_train.evaluation.retrieval import encode_set, itm_rerank, load_retrieval_set
+from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
 
 
 def load_model(path: str | None, device: str):

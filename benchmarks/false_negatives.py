@@ -38,11 +38,10 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
+
 
 METRICS = ("tr_r1_any", "tr_r5_any", "tr_map_r", "ir_r1_any", "ir_r5_any", "ir_map_r")
 DIAGNOSTICS = (
@@ -92,7 +91,7 @@ def common_arguments(args) -> list[str]:
 def train_once(folder: str, argv: list[str]) -> dict:
     """One pretraining run into `folder`, unless it finished before (its results.json exists); an unfinished one
     (stopped during training or its evaluation) is started again."""
-    from train import pretrain
+    from sisc_train.tasks import pretraining as pretrain
 
     results = os.path.join(folder, "results.json")
     if not os.path.exists(results) or json.load(open(results)).get("metrics") in (None, {}):
@@ -137,7 +136,7 @@ def run_setting(args, setting: str, start: dict[str, str], objectives: list[str]
 
 def evaluate_start_points(args, start: dict[str, str], setting: str) -> dict[str, dict]:
     """Zero-shot metrics of the warm start and the teacher on this setting's test split (teacher quality)."""
-    from train.evaluate_retrieval import main as evaluate
+    from sisc_train.evaluation.retrieval import main as evaluate
 
     metrics = {}
     for kind in ("warm_start", TEACHER):

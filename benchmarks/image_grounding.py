@@ -21,13 +21,12 @@ import copy
 import json
 import os
 import random
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
 
 
 def pooled_image_features(model, processor, images, batch_size: int = 200) -> torch.Tensor:
@@ -65,8 +64,8 @@ def probe_accuracy(features: torch.Tensor, targets: list[int], train_fraction: f
 
 
 def run_probes(model, processor, cache_dir: str) -> list[dict]:
-    from train.shapes_tasks import ShapesTaskConfig
-    from train.task_training import load_task_data
+    from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig
+    from sisc_train.loop.trainer import load_task_data
 
     config = ShapesTaskConfig()
     data = load_task_data("nlvr", "shapes", cache_dir)  # the fine-tuning data's cache; dev / test scenes
@@ -88,7 +87,7 @@ def run_probes(model, processor, cache_dir: str) -> list[dict]:
 
 def itm_learning(model, processor, negatives: str, steps: int, batch: int, cache_dir: str, seed: int = 0) -> dict:
     """Train a copy's fusion encoder + ITM head on (caption, its image) vs (caption, an image it is false of)."""
-    from train.shapes_dataset import caption_matches, load_shapes_dataset
+    from sisc_train.synthetic.shapes import caption_matches, load_shapes_dataset
 
     pairs = load_shapes_dataset(cache_dir=cache_dir)["train"]
     captions, scenes, facts = list(pairs["caption"]), list(pairs["scene"]), list(pairs["caption_facts"])
@@ -151,7 +150,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from modeling_sisc import SiscModel
-    from train.task_training import load_processor
+    from sisc_train.loop.trainer import load_processor
 
     torch.manual_seed(0)
     model = SiscModel.from_pretrained(args.model).eval()

@@ -46,21 +46,21 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 
-from configuration_sisc import SiscConfig  # noqa: E402
-from modeling_sisc import (  # noqa: E402
+from configuration_sisc import SiscConfig
+from modeling_sisc import (
+
     SiscForPreTraining,
     SiscModel,
     mixed_similarity,
     regulated_contrastive_loss,
     regulation_weights,
 )
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
 
 VOCAB_SIZE = 709  # size of the shipped vocabulary (sisc_vocab.txt): [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4
 PAD_ID, CLS_ID, SEP_ID, FIRST_WORD_ID = 0, 2, 3, 5

@@ -25,10 +25,10 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 
-# Install the dependencies listed in pyproject.toml (once per change of it). The project itself is NOT installed:
-# like a Hub model repo its modules are used from this folder, and a checkpoint must load from its own copies.
+# Install the dependencies listed in pyproject.toml, then SISC itself in editable mode (its model files and the
+# `sisc_train` package, which the scripts under train/ import), once per change of pyproject.toml.
 STAMP="$VENV/.sisc-installed"
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || ! grep -qxF "$ROOT" "$STAMP"; then
     echo "[setup] installing the dependencies of pyproject.toml"
     "$VENV/bin/python" -c "import tomllib" 2>/dev/null || "${PIP[@]}" install tomli
     "$VENV/bin/python" - "$ROOT/pyproject.toml" > "$VENV/sisc-requirements.txt" <<'PY'
@@ -41,7 +41,9 @@ project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
 PY
     "${PIP[@]}" install -r "$VENV/sisc-requirements.txt"
-    touch "$STAMP"
+    echo "[setup] installing SISC from $ROOT (editable)"
+    "${PIP[@]}" install --no-deps -e "$ROOT"
+    echo "$ROOT" > "$STAMP"  # the checkout this venv's editable install points at
 fi
 "$VENV/bin/python" -c "import torch, transformers; print(f'[setup] torch {torch.__version__} (cuda: {torch.cuda.is_available()}), transformers {transformers.__version__}')"
 export PATH="$VENV/bin:$PATH"

@@ -1,14 +1,7 @@
-"""Make the repository root importable (the model files live at top level, as in a Hub model repo), and the tiny
-fixtures the task tests share."""
-
-import os
-import sys
+"""The tiny fixtures the task tests share. The repository root is importable through pytest's `pythonpath` setting
+(pyproject.toml); the model files and `sisc_train` also through the editable install (scripts/setup_env.sh)."""
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope="module")

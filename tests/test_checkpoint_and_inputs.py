@@ -3,12 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.fresh_process import python_without_repo
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscModel
 from processing_sisc import build_default_processor
@@ -65,16 +65,17 @@ with torch.no_grad():
     out["pretraining"] = pre.sisc(**inputs).logits_per_image
     out["tied"] = pre.mlm_head.predictions.decoder.weight.data_ptr() == pre.sisc.text_model.embeddings.word_embeddings.weight.data_ptr()
 out["classes"] = [type(base).__name__, type(pre).__name__, type(processor).__name__]
+assert all(type(x).__module__.startswith("transformers_modules.") for x in (config, base, pre, processor))
 torch.save(out, folder + "/fresh_out.pt")
 """
 
 
 def test_fresh_process_reload_gives_the_same_logits(checkpoint, tmp_path):
     folder, _, _, logits = checkpoint
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    python, env = python_without_repo()
     env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [*python, "-c", FRESH_PROCESS, str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(folder / "fresh_out.pt")

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from modeling_sisc import SiscModel
-from train.data import load_pairs
-from train.evaluate_retrieval import (
+from sisc_train.data.pairs import load_pairs
+from sisc_train.evaluation.retrieval import (
     BadEvaluationData,
     EncodedSet,
     RetrievalSet,
@@ -24,7 +24,7 @@ from train.evaluate_retrieval import (
     load_retrieval_set,
     main,
 )
-from train.retrieval_metrics import retrieval_metrics
+from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
 from tests.helpers.tiny_data import COLOURS, save_tiny_checkpoint, truncate, write_karpathy
 
 WORKER = os.path.join(os.path.dirname(__file__), "helpers", "evaluate_retrieval_worker.py")
@@ -84,7 +84,7 @@ def test_pair_file_rows_of_one_image_form_one_item(tmp_path):
 def test_a_split_the_data_lacks_is_refused(karpathy, tmp_path):
     import datasets
 
-    from train.data import data_splits
+    from sisc_train.data.pairs import data_splits
 
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": "a.png", "caption": "one"}) + "\n")
@@ -116,7 +116,7 @@ def test_itc_metrics_equal_the_metrics_of_the_similarity_matrix(model_and_proces
     model, processor = model_and_processor
     data = load_retrieval_set(str(karpathy), "test")
     results = evaluate_retrieval(model, processor, data, image_batch_size=3, text_batch_size=5)
-    from train.data import decode_image
+    from sisc_train.data.images import decode_image
 
     with torch.no_grad():
         inputs = processor(images=[decode_image(p) for p in data.images], text=data.captions, return_tensors="pt", padding=True)
@@ -137,7 +137,7 @@ def test_rerank_scores_are_itm_log_odds_of_the_top_k_above_the_rest(model_and_pr
     k = 4
     by_image = itm_rerank(model, encoded, similarity, k, image_queries=True, batch_size=6)
     by_text = itm_rerank(model, encoded, similarity, k, image_queries=False, batch_size=5)
-    from train.data import decode_image
+    from sisc_train.data.images import decode_image
 
     images = [decode_image(p) for p in data.images]
     for scores, itc, queries_are_images in ((by_image, similarity, True), (by_text, similarity.t(), False)):
@@ -161,7 +161,7 @@ def test_rerank_scores_are_itm_log_odds_of_the_top_k_above_the_rest(model_and_pr
 def test_rerank_keeps_the_itc_order_of_nearly_equal_and_tied_scores():
     """Scores one float32 step apart, and exact ties, outside the top k: a constant shift would round them together
     or swap them on some machines; the ranks keep them."""
-    from train.evaluate_retrieval import strictly_greater_counts
+    from sisc_train.evaluation.retrieval import strictly_greater_counts
 
     base = torch.tensor(0.3)
     step = torch.nextafter(base, torch.tensor(1.0)) - base

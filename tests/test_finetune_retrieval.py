@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from tests.helpers.tiny_data import write_karpathy
-from train import finetune_retrieval
+from sisc_train.tasks import retrieval as finetune_retrieval
 
 TINY = ["--per_device_batch_size", "4", "--num_workers", "0", "--report_to", "none", "--warmup_steps", "1",
         "--logging_steps", "1", "--validation_split", "val", "--rerank_k", "3"]
@@ -52,7 +52,7 @@ def test_finetune_keeps_the_best_epoch_and_reports_test_metrics(pretrained, karp
 
 def test_an_earlier_better_epoch_is_restored(pretrained, karpathy, tmp_path, monkeypatch):
     """Validation scores scripted to peak at epoch 1: the final weights are epoch 1's, not the last epoch's."""
-    import train.evaluate_retrieval as evaluation
+    import sisc_train.evaluation.retrieval as evaluation
 
     scores = iter([60.0, 10.0, 20.0])
     monkeypatch.setattr(evaluation, "evaluate_retrieval", lambda *a, **k: {"itc": {"r_mean": next(scores)}, "timing": {}})

@@ -24,7 +24,7 @@ try:
 except ImportError:  # older huggingface_hub
     import httpx
 
-from train.hub import HubPushError, check_hub_token, files_to_push, main, push_checkpoint
+from sisc_train.publishing.hub import HubPushError, check_hub_token, files_to_push, main, push_checkpoint
 
 ENDPOINT = "https://fake-hub.test"
 REPO = "someone/sisc-tiny"
@@ -208,7 +208,7 @@ def test_missing_token_fails_before_any_request(ckpt, monkeypatch):
         push_checkpoint(ckpt, REPO)
     msg = str(info.value)
     assert "token" in msg and "hf auth login" in msg and REPO in msg and str(ckpt.resolve()) in msg
-    assert f"python -m train.hub {ckpt.resolve()} {REPO}" in msg
+    assert f"python -m sisc_train.publishing.hub {ckpt.resolve()} {REPO}" in msg
     assert hub.requests == []
 
 
@@ -285,10 +285,10 @@ def test_cli_push_and_error_exit_code(ckpt, capsys, monkeypatch):
 
 
 def test_module_runs_as_script(ckpt):
-    """`python -m train.hub` from the repo root (offline: a dry run makes no request)."""
+    """`python -m sisc_train.publishing.hub` from the repo root (offline: a dry run makes no request)."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "train.hub", str(ckpt), REPO, "--dry-run"],
+    proc = subprocess.run([sys.executable, "-m", "sisc_train.publishing.hub", str(ckpt), REPO, "--dry-run"],
                           check=False, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:len(EXPECTED)] == EXPECTED
@@ -299,7 +299,7 @@ def test_module_runs_as_script(ckpt):
 
 def tiny_pretrain(tmp_path, *extra):
     from tests.helpers.tiny_data import write_karpathy
-    from train import pretrain
+    from sisc_train.tasks import pretraining as pretrain
 
     data = write_karpathy(tmp_path / "data")
     out = tmp_path / "run"

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from train.launch import check_launch, launch_problem
+from sisc_train.loop.launch import check_launch, launch_problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKING = "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes"
@@ -50,12 +50,12 @@ def test_one_thread_on_a_multi_core_cpu_is_warned_about(caplog, monkeypatch):
     accelerator = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
     try:
         torch.set_num_threads(1)
-        with caplog.at_level(logging.WARNING, logger="train.launch"):
+        with caplog.at_level(logging.WARNING, logger="sisc_train.loop.launch"):
             check_launch(accelerator, "train/pretrain.py")
         assert "--num_cpu_threads_per_process 4" in caplog.text
         caplog.clear()
         torch.set_num_threads(2)
-        with caplog.at_level(logging.WARNING, logger="train.launch"):
+        with caplog.at_level(logging.WARNING, logger="sisc_train.loop.launch"):
             check_launch(accelerator, "train/pretrain.py")
         assert caplog.text == ""
     finally:

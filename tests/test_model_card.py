@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from configuration_sisc import SiscConfig
-from train.model_card import load_metrics_json, main, render_model_card, render_model_card_from_files
+from sisc_train.publishing.model_card import load_metrics_json, main, render_model_card, render_model_card_from_files
 
 METRICS = {
     "tr_r1": 41.5,

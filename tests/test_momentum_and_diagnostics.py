@@ -7,7 +7,7 @@ import torch
 
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, anchor_contrastive_loss
-from train.pretrain import regulation_diagnostics
+from sisc_train.tasks.pretraining import regulation_diagnostics
 
 
 def tiny_config(**kwargs):

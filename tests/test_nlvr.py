@@ -11,9 +11,10 @@ from PIL import Image
 
 from modeling_sisc import SiscForPreTraining, SiscForVisualReasoning
 from tests.helpers.fresh_process import logits_in_fresh_process
-from train import evaluate_nlvr, finetune_nlvr
-from train.evaluate_nlvr import label_value, usable_rows
-from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
+from sisc_train.evaluation import nlvr as evaluate_nlvr
+from sisc_train.tasks import nlvr as finetune_nlvr
+from sisc_train.evaluation.nlvr import label_value, usable_rows
+from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig, build_task_dataset
 
 
 def _batch(processor):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train import pretrain
+from sisc_train.tasks import pretraining as pretrain
 
 TINY = ["--image_size", "16", "--hidden_size", "32", "--per_device_batch_size", "8", "--num_workers", "0",
         "--report_to", "none", "--eval_split", "", "--warmup_steps", "2", "--logging_steps", "1"]
@@ -112,7 +112,7 @@ def test_bad_samples_are_skipped_counted_and_bounded(bad_pairs_file, tmp_path):
 
 def test_collator_skips_and_refills(bad_pairs_file):
     from processing_sisc import build_default_processor
-    from train.data import PairCollator, load_pairs, pop_bookkeeping
+    from sisc_train.data.pairs import PairCollator, load_pairs, pop_bookkeeping
 
     rows = load_pairs(bad_pairs_file)
     bad = [rows[i] for i in range(len(rows) - 3, len(rows))]
@@ -129,7 +129,7 @@ def test_skips_name_their_files_and_empty_caption_lists_count(bad_pairs_file, tm
     import datasets
 
     from processing_sisc import build_default_processor
-    from train.data import PairCollator, SkipCounter, load_pairs, pop_bookkeeping
+    from sisc_train.data.pairs import PairCollator, SkipCounter, load_pairs, pop_bookkeeping
 
     collate = PairCollator(build_default_processor(image_size=16))
     folder = os.path.dirname(bad_pairs_file)
@@ -169,7 +169,7 @@ def test_captions_the_vocabulary_cannot_read_stop_training(pairs_file, tmp_path,
     import datasets
 
     from processing_sisc import build_default_processor
-    from train.data import check_caption_vocabulary
+    from sisc_train.data.pairs import check_caption_vocabulary
 
     tokenizer = build_default_processor(image_size=16).tokenizer
 
@@ -182,12 +182,12 @@ def test_captions_the_vocabulary_cannot_read_stop_training(pairs_file, tmp_path,
                                          r"над зелёной звездой' -> \[CLS\]( \[UNK\]){5} \[SEP\].*covers these captions"):
         check_caption_vocabulary(rows(russian), tokenizer)
     # English the vocabulary spells out letter by letter: a warning, training goes on
-    with caplog.at_level(logging.WARNING, logger="train.data"):
+    with caplog.at_level(logging.WARNING, logger="sisc_train.data.pairs"):
         report = check_caption_vocabulary(rows(["a grinning face", "a red circle", "a blue square and a star"]), tokenizer)
     assert report["unk_share"] == 0 and 0.3 < report["fragment_share"] < 0.6  # g ##r ##i ##n ##n ##ing
     assert "single-letter word pieces" in caplog.text and "g ##r ##i ##n ##n ##ing" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="train.data"):
+    with caplog.at_level(logging.WARNING, logger="sisc_train.data.pairs"):
         report = check_caption_vocabulary(rows(["a red circle", "two blue squares, left"]), tokenizer)
     assert report["unk_share"] == report["fragment_share"] == 0 and not caplog.text
     # the trainer checks before its first step
@@ -229,8 +229,8 @@ def test_student_with_teacher_logs_alpha(pairs_file, teacher_dir, tmp_path):
 def test_teacher_cache_gives_the_online_teacher_weights(pairs_file, teacher_dir, tmp_path):
     from modeling_sisc import SiscModel, mixed_similarity, regulation_weights
     from processing_sisc import build_default_processor
-    from train.cache_teacher import attach_teacher_cache, build_teacher_cache, load_teacher_cache
-    from train.data import PairCollator, load_pairs
+    from sisc_train.tasks.teacher_cache import attach_teacher_cache, build_teacher_cache, load_teacher_cache
+    from sisc_train.data.pairs import PairCollator, load_pairs
 
     teacher = SiscModel.from_pretrained(teacher_dir).eval()
     processor = build_default_processor(image_size=16)
@@ -261,7 +261,7 @@ def test_teacher_cache_gives_the_online_teacher_weights(pairs_file, teacher_dir,
 
 
 def test_pretrain_with_teacher_cache(pairs_file, teacher_dir, tmp_path):
-    from train import cache_teacher
+    from sisc_train.tasks import teacher_cache as cache_teacher
 
     cache_dir = cache_teacher.main(["--teacher", str(teacher_dir), "--dataset", pairs_file, "--cache_dir", str(tmp_path / "cache")])
     result = train(pairs_file, tmp_path / "run", "--teacher_cache", cache_dir, "--max_steps", "2", "--alpha_steps", "4")
@@ -287,7 +287,7 @@ def test_streaming_needs_max_steps(pairs_file, tmp_path):
 def test_data_formats_load_as_pairs(pairs_file, tmp_path):
     import datasets
 
-    from train.data import load_pairs
+    from sisc_train.data.pairs import load_pairs
 
     from_jsonl = load_pairs(pairs_file)
     assert len(from_jsonl) == 80 and set(from_jsonl.column_names) >= {"image", "caption", "image_id"}
@@ -332,7 +332,7 @@ def test_data_formats_load_as_pairs(pairs_file, tmp_path):
 def test_caption_and_image_columns_are_found_by_their_usual_names(pairs_file, tmp_path):
     import datasets
 
-    from train.data import load_pairs
+    from sisc_train.data.pairs import load_pairs
 
     # an imagefolder whose captions are in a `text` column (the common name) loads without --caption_column
     image_folder = tmp_path / "imagefolder"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers.fresh_process import python_without_repo
 from processing_sisc import SiscProcessor, build_default_processor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +139,8 @@ def test_training_collator_and_inference_see_the_same_pixels(processor, tmp_path
     """One decoding path: a 16-bit PNG and a half-transparent RGBA PNG give the training collator the pixels the
     processor (inference) gives, not an image clipped to white or the colour under the alpha."""
     from modeling_sisc import SiscModel
-    from train.data import PairCollator, decode_image
+    from sisc_train.data.images import decode_image
+    from sisc_train.data.pairs import PairCollator
 
     gray8 = np.asarray(random_rgb(5).convert("L"))
     Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "deep.png")
@@ -284,12 +286,12 @@ def test_save_and_reload_in_fresh_process(tmp_path, processor):
         torch.save(dict(proc(images=images, text=captions)), "out.pt")
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    python, env = python_without_repo()
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
+        [*python, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
     got = torch.load(workdir / "out.pt")

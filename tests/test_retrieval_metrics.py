@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.retrieval_metrics import retrieval_metrics
+from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
 
 # 3 images x 5 captions. Captions 0, 1 belong to image 0; captions 2, 3 to image 1; caption 4 to image 2.
 OWNER = [0, 0, 1, 1, 2]

@@ -1,5 +1,5 @@
 """The `evaluate` metric module metrics/retrieval_recall: loading (any cwd, offline), hand-worked values, batching,
-agreement with train.retrieval_metrics, and input errors."""
+agreement with sisc_train.evaluation.retrieval_metrics, and input errors."""
 
 import json
 import os
@@ -16,7 +16,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from train.retrieval_metrics import retrieval_metrics
+from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_DIR = ROOT / "metrics" / "retrieval_recall"
@@ -209,7 +209,7 @@ def test_ragged_rows_raise(metric):
 
 
 def test_errors_of_the_implementation_pass_through(metric):
-    # relevance must mark each caption's own image (checked by train.retrieval_metrics)
+    # relevance must mark each caption's own image (checked by sisc_train.evaluation.retrieval_metrics)
     no_own = RELEVANCE.copy()
     no_own[2, 1] = False
     with pytest.raises(ValueError, match=r"relevance\[2, 1\] is False"):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import shapes_dataset as sd
-from train.shapes_dataset import (
+from sisc_train.data.images import decode_image
+from sisc_train.synthetic import shapes as sd
+from sisc_train.synthetic.shapes import (
     COLORS,
     SHAPES,
     ShapesConfig,
@@ -183,7 +184,7 @@ def test_relevance_matrix_and_batch_relevance_agree_with_caption_matches():
     assert rel.sum() > rel.shape[0]  # some partial captions match other images
 
 
-_PLURALS = {sd._plural(s): s for s in SHAPES}
+_PLURALS = {sd.plural(s): s for s in SHAPES}
 _NUMBERS = {w: n for n, w in enumerate(sd.NUMBER_WORDS)}
 
 
@@ -296,6 +297,7 @@ def test_retrieval_view(tmp_path):
     config = tiny(num_test=7, partial_caption_prob=0.8)
     test = load_shapes_dataset(config, cache_dir=str(tmp_path))["test"]
     images, captions, caption_to_image, relevance = retrieval_view(test)
+    images = [decode_image(image) for image in images]
     assert len(images) == 7 and len(captions) == 7 * config.test_captions_per_image == len(caption_to_image)
     assert all(im.mode == "RGB" and im.size == (32, 32) for im in images)
     assert relevance.shape == (len(captions), 7) and relevance.dtype == bool

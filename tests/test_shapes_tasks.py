@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from train.shapes_tasks import (
+from sisc_train.synthetic.shapes_tasks import (
     NUM_ANNOTATORS,
     ShapesTaskConfig,
     generate_nlvr_rows,

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from modeling_sisc import SiscForVisualReasoning
-from train import finetune_nlvr
-from train.shapes_dataset import ShapesConfig, build_shapes_dataset, caption_matches
-from train.text_assignment import (
+from sisc_train.tasks import nlvr as finetune_nlvr
+from sisc_train.synthetic.shapes import ShapesConfig, build_shapes_dataset, caption_matches
+from sisc_train.tasks.text_assignment import (
     TextAssignmentCollator,
     TextAssignmentModel,
     caption_pairs,
@@ -84,7 +84,7 @@ def test_head_sits_on_the_fused_cls_of_the_reasoning_model(pretrained, processor
 
 
 def test_finetune_nlvr_runs_the_text_assignment_step_first(pretrained, caption_folder, tmp_path):
-    from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
+    from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig, build_task_dataset
 
     nlvr = tmp_path / "nlvr"
     build_task_dataset("nlvr", ShapesTaskConfig(image_size=16, num_train=8, num_validation=4, num_test=4)).save_to_disk(nlvr)
@@ -107,7 +107,7 @@ def test_finetune_nlvr_runs_the_text_assignment_step_first(pretrained, caption_f
 
 
 def test_the_step_runs_on_the_embedded_captions_only_for_the_embedded_nlvr_data(caplog):
-    from train.text_assignment import TextAssignmentArguments, text_assignment_source
+    from sisc_train.tasks.text_assignment import TextAssignmentArguments, text_assignment_source
 
     assert text_assignment_source(TextAssignmentArguments(), "shapes") == "shapes"
     assert text_assignment_source(TextAssignmentArguments(text_assignment_data="pairs.jsonl"), "my_nlvr2") == "pairs.jsonl"

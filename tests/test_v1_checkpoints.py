@@ -4,7 +4,6 @@ that version gave: restructuring the code must not rename parameters or change t
 
 import os
 
-import pytest
 import torch
 from safetensors.torch import load_file
 

@@ -11,9 +11,10 @@ from PIL import Image
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscForQuestionAnswering
 from tests.helpers.fresh_process import logits_in_fresh_process
-from train import evaluate_vqa, finetune_vqa
-from train.shapes_tasks import ShapesTaskConfig, build_task_dataset
-from train.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, vqa_score, write_results
+from sisc_train.evaluation import vqa as evaluate_vqa
+from sisc_train.tasks import vqa as finetune_vqa
+from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig, build_task_dataset
+from sisc_train.evaluation.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, vqa_score, write_results
 
 ANSWERS = ["red", "blue", "2", "yes", "no"]
 HUMANS = ["2"] * 2 + ["3"] * 8

@@ -1,53 +1,11 @@
-"""Fine-tune a pretrained SISC checkpoint for image-text retrieval: SRCL + ITM, model selection on a validation split.
+"""Fine-tune a pretrained SISC checkpoint for image-text retrieval.
 
     accelerate launch train/finetune_retrieval.py --model_name_or_path outputs/sisc-small
-    accelerate launch train/finetune_retrieval.py --model_name_or_path M --dataset coco_karpathy.json \\
-        --image_root coco/ --train_split train --validation_split val --eval_split test --push_to_hub me/sisc-coco
 
-As in the paper's retrieval fine-tuning, the contrastive loss stays regulated but without a teacher: the weights come
-from the fine-tuned model's own (detached) similarities (alpha = 0), the ITM loss with hard negatives is kept and the
-MLM loss is switched off. After every epoch the model is evaluated on the validation split (ITC ranking) and the best
-one by `--metric_for_best_model` is kept; the final test metrics, with ITM re-ranking of the top `--rerank_k`, go to
-`results.json` and the model card. This is `train/pretrain.py`'s trainer with these defaults: every option of that
-script can be given here too.
+Entry point only: the code is `sisc_train.tasks.retrieval` (see its docstring, or `--help`).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from train import pretrain  # noqa: E402
-
-FINETUNE_DEFAULTS = {
-    "loss": "srcl",
-    "alpha_start": 0.0,  # no teacher: the regulation weights come from the model being fine-tuned
-    "alpha_end": 0.0,
-    "alpha_schedule": "constant",
-    "mlm_loss_weight": 0.0,
-    "train_split": "train",
-    "validation_split": "validation",
-    "eval_split": "test",
-    "output_dir": "outputs/sisc-small-retrieval",
-    "num_epochs": 3,
-    "learning_rate": 2e-4,
-    "warmup_steps": 20,
-    "rerank_k": 16,
-    "metric_for_best_model": "r_mean",
-}
-
-
-def main(argv=None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    given = {arg.split("=", 1)[0] for arg in argv}
-    if not given & {"--model_name_or_path", "--config", "--help", "-h"}:  # --help prints the options instead
-        raise SystemExit("finetune_retrieval.py needs --model_name_or_path: the pretrained SISC checkpoint to start from")
-    return pretrain.main(argv, defaults=FINETUNE_DEFAULTS, fine_tuned_for="image-text retrieval")
-
+from sisc_train.tasks.retrieval import main
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ A thin wrapper: the ranking code exists once, in the SISC repository's ``train/r
 
 How the implementation is found (and why): ``evaluate.load`` copies this script into its modules cache
 (``$HF_MODULES_CACHE/evaluate_modules/metrics/retrieval_recall/<hash>/``) and imports the copy from there, so
-neither ``from train.retrieval_metrics import ...`` (needs the repo root on ``sys.path``) nor a relative import
+neither ``from sisc_train.evaluation.retrieval_metrics import ...`` (needs the repo root on ``sys.path``) nor a relative import
 (evaluate copies only ``.py`` files lying next to the script, which would mean duplicating the code) reaches the
 implementation. Instead, at import time, the repository root is taken from, in this order:
 
@@ -88,7 +88,7 @@ def _load_implementation():
             f"tried: {'; '.join(tried)}. Load the metric from a SISC checkout "
             f"(evaluate.load('<repo>/metrics/retrieval_recall')) or set {REPO_ROOT_ENV} to the repository root."
         )
-    already_imported = sys.modules.get("train.retrieval_metrics")
+    already_imported = sys.modules.get("sisc_train.evaluation.retrieval_metrics")
     if already_imported is not None and Path(already_imported.__file__).resolve() == path:
         return already_imported  # the very same file, imported the usual way: reuse it
     spec = importlib.util.spec_from_file_location("sisc_retrieval_metrics", path)

@@ -12,9 +12,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configuration_sisc import SiscConfig  # noqa: E402
-from modeling_sisc import SiscModel  # noqa: E402
+from configuration_sisc import SiscConfig
+from modeling_sisc import SiscModel
 
 
 def main(out_path: str, norm: str) -> None:

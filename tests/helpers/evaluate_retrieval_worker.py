@@ -4,10 +4,8 @@ arguments, then leaves without waiting for gloo's teardown (which can hang on CP
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
 
-from train.evaluate_retrieval import main  # noqa: E402
+from sisc_train.evaluation.retrieval import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -8,10 +8,8 @@ import os
 import signal
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
 
-from train.pretrain import main  # noqa: E402
+from sisc_train.tasks.pretraining import main
 
 
 def signal_at_step(rank: int, step: int) -> None:

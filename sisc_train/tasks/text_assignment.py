@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from train.evaluate_nlvr import NlvrCollator
+from sisc_train.evaluation.nlvr import NlvrCollator
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def caption_pairs(source: str, cache_dir: str = "data_cache/shapes"):
     import datasets
 
     if source == "shapes":
-        from train.shapes_dataset import load_shapes_dataset
+        from sisc_train.synthetic.shapes import load_shapes_dataset
 
         pairs = load_shapes_dataset(cache_dir=cache_dir)["train"]
         return pairs.cast_column("image", datasets.Image(decode=False))
-    from train.data import load_pairs
+    from sisc_train.data.pairs import load_pairs
 
     return load_pairs(source, "train")
 
@@ -69,7 +69,7 @@ def text_assignment_rows(pairs, num_examples: int, seed: int = 0):
     `image`, `caption`, `image_id` (and, for exact negatives, `scene` / `caption_facts`)."""
     import datasets
 
-    from train.shapes_dataset import caption_matches
+    from sisc_train.synthetic.shapes import caption_matches
 
     if len(pairs) < 3:
         raise ValueError(f"the text-assignment step needs at least 3 image-caption rows, got {len(pairs)}")
@@ -177,7 +177,7 @@ def run_text_assignment(model, processor, args, ta_args: TextAssignmentArguments
     seconds, held-out TA accuracy)."""
     from dataclasses import replace
 
-    from train.task_training import fine_tune
+    from sisc_train.loop.trainer import fine_tune
 
     pairs = caption_pairs(source, args.data_cache_dir)
     # every 20th image is held out: the accuracy after the step is measured on images it did not train on

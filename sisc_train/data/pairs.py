@@ -17,7 +17,6 @@ asking for another is an error that names the splits there are, never a silent r
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -26,7 +25,8 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
-from PIL import Image
+
+from sisc_train.data.images import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -237,32 +237,8 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
     return ds.map(expand, batched=True, with_indices=True, features=features)
 
 
-def decode_image(value) -> Image.Image:
-    """A fully loaded PIL image from a datasets Image value, a path or raw bytes; raises on anything unreadable.
-
-    The image keeps its own mode (16-bit, RGBA, palette, ...): converting it to RGB is the processor's job
-    (`processing_sisc.SiscProcessor` maps 16-bit to 8-bit and composites transparency onto white), so training,
-    evaluation and inference see the same pixels. `modeling_sisc.SiscModel._load_image` is the model file's
-    standalone twin of this function (it cannot import from train/) and must stay equivalent.
-    """
-    if isinstance(value, Image.Image):
-        value.load()
-        return value
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            source = io.BytesIO(value["bytes"])
-        elif value.get("path"):
-            source = value["path"]
-        else:
-            raise ValueError("image entry has neither bytes nor path")
-    elif isinstance(value, (bytes, bytearray)):
-        source = io.BytesIO(value)
-    elif isinstance(value, (str, os.PathLike)):
-        source = value
-    else:
-        raise ValueError(f"cannot read an image from {type(value).__name__}")
-    with Image.open(source) as opened:
-        return opened.copy()  # decodes now (a truncated file fails here, in the collator) and closes the file
+class BadEvaluationData(RuntimeError):
+    """More of the evaluation data was unreadable or empty than `max_bad_fraction` allows (or all of it)."""
 
 
 class SkipReasons(Counter):

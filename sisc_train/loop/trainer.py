@@ -14,21 +14,17 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
-from accelerate.utils import set_seed  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from transformers import get_cosine_schedule_with_warmup  # noqa: E402
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from transformers import get_cosine_schedule_with_warmup
 
-from train.launch import check_launch  # noqa: E402
+from sisc_train.loop.launch import check_launch
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +104,7 @@ def load_task_data(task: str, dataset: str, cache_dir: str = "data_cache/shapes"
     import datasets
 
     if dataset == "shapes":
-        from train.shapes_tasks import ShapesTaskConfig, load_task_dataset
+        from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig, load_task_dataset
 
         num_train = num_train if num_train is not None else SHAPES_TASK_NUM_TRAIN[task]
         config = ShapesTaskConfig(**({"num_train": num_train} if num_train is not None else {}))
@@ -140,7 +136,7 @@ def fine_tune(model, train_rows, collate, args: TaskTrainingArguments, *, valida
     total_steps = steps_per_epoch * args.num_epochs
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    from train.pretrain import param_groups
+    from sisc_train.tasks.pretraining import param_groups
 
     vision_lr = args.vision_learning_rate if args.vision_learning_rate is not None else args.learning_rate / 4
     optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, vision_lr, args.weight_decay))
@@ -201,7 +197,7 @@ def fine_tune(model, train_rows, collate, args: TaskTrainingArguments, *, valida
 
 def save_and_report(model, processor, args: TaskTrainingArguments, summary: dict, *, card_kwargs: dict) -> None:
     """Save model + processor, write results.json and the model card, push to the Hub when asked."""
-    from train.model_card import render_model_card
+    from sisc_train.publishing.model_card import render_model_card
 
     os.makedirs(args.output_dir, exist_ok=True)
     model.save_pretrained(args.output_dir)
@@ -224,7 +220,7 @@ def save_and_report(model, processor, args: TaskTrainingArguments, summary: dict
         **card_kwargs,
     )
     if args.push_to_hub:
-        from train.hub import push_checkpoint
+        from sisc_train.publishing.hub import push_checkpoint
 
         url = push_checkpoint(args.output_dir, args.push_to_hub, private=args.hub_private)
         print(f"pushed to {url}", flush=True)

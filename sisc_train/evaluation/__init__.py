@@ -1,0 +1,1 @@
+"""Evaluation: image-text retrieval (ITC ranking, ITM re-ranking), VQA and NLVR, and their metrics."""

@@ -1,0 +1,1 @@
+"""Publishing a trained checkpoint: its model card and the Hub upload."""
