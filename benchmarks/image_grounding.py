@@ -65,7 +65,7 @@ def probe_accuracy(features: torch.Tensor, targets: list[int], train_fraction: f
 
 def run_probes(model, processor, cache_dir: str) -> list[dict]:
     from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig
-    from sisc_train.loop.trainer import load_task_data
+    from sisc_train.data.tasks import load_task_data
 
     config = ShapesTaskConfig()
     data = load_task_data("nlvr", "shapes", cache_dir)  # the fine-tuning data's cache; dev / test scenes
@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from modeling_sisc import SiscModel
-    from sisc_train.loop.trainer import load_processor
+    from sisc_train.data.tasks import load_processor
 
     torch.manual_seed(0)
     model = SiscModel.from_pretrained(args.model).eval()

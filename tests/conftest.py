@@ -2,6 +2,17 @@
 (pyproject.toml); the model files and `sisc_train` also through the editable install (scripts/setup_env.sh)."""
 
 import pytest
+from accelerate.state import AcceleratorState, GradientState
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate's process state is a singleton that one process sets up once; the tests run many trainers with
+    other settings in one process, so each test starts from a clean state (as accelerate's own AccelerateTestCase
+    does). The training code never resets it: a training process runs one job."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from tests.helpers.tiny_data import truncate, write_karpathy
+from sisc_train.loop.checkpoints import checkpoint_steps, find_checkpoint
+from sisc_train.loop.stopping import TrainingDiverged
 from sisc_train.tasks import pretraining as pretrain
 from sisc_train.data.pairs import BadEvaluationData
 
@@ -95,7 +97,7 @@ def test_too_much_bad_validation_data_stops_with_a_checkpoint(karpathy_bad, tmp_
     # one epoch = 5 steps of 4 pairs; the validation after it meets the truncated 10.png (2 of 8 pairs)
     with pytest.raises(BadEvaluationData, match=r"training so far is saved in .*step_5.*resume_from_checkpoint latest"):
         train(karpathy_bad, tmp_path, "--num_epochs", "2", "--eval_split", "", "--validation_split", "val")
-    assert pretrain.find_checkpoint(str(tmp_path), "latest").endswith("step_5")
+    assert find_checkpoint(str(tmp_path), "latest").endswith("step_5")
 
 
 # ---- 6: checkpoints are complete or ignored ---------------------------------------------------------------------
@@ -124,10 +126,10 @@ def test_a_checkpoint_killed_while_written_is_never_resumed(karpathy, tmp_path, 
     (out / "checkpoints" / "step_9").mkdir()
     (out / "checkpoints" / "step_9" / "model.safetensors").write_bytes(b"half")
     with caplog.at_level(logging.WARNING):
-        assert pretrain.find_checkpoint(str(out), "latest").endswith("step_2")
+        assert find_checkpoint(str(out), "latest").endswith("step_2")
     assert "step_9" in caplog.text and "step_3.partial" in caplog.text
     with pytest.raises(ValueError, match="not a complete checkpoint"):
-        pretrain.find_checkpoint(str(out), str(out / "checkpoints" / "step_9"))
+        find_checkpoint(str(out), str(out / "checkpoints" / "step_9"))
     (out / "checkpoints" / "step_9" / "model.safetensors").unlink()
     (out / "checkpoints" / "step_9").rmdir()
 
@@ -148,7 +150,7 @@ def test_save_total_limit_keeps_the_newest_checkpoints(karpathy, tmp_path):
 
 @pytest.mark.parametrize("loss", ["infonce", "srcl"])
 def test_divergence_stops_before_the_update_and_saves_nothing_non_finite(karpathy, tmp_path, loss):
-    with pytest.raises(pretrain.TrainingDiverged) as error:
+    with pytest.raises(TrainingDiverged) as error:
         train(karpathy, tmp_path, "--loss", loss, "--learning_rate", "1e3", "--warmup_steps", "0", "--max_steps", "6",
               "--eval_split", "", "--checkpointing_steps", "1")
     message = str(error.value)
@@ -156,7 +158,7 @@ def test_divergence_stops_before_the_update_and_saves_nothing_non_finite(karpath
     assert "itc" in message and "itm" in message and "mlm" in message and "learning rate" in message
     assert "--learning_rate" in message and "--max_grad_norm" in message
     assert not (tmp_path / "model.safetensors").exists()  # the diverged weights are not the final model
-    checkpoints = pretrain.checkpoint_steps(str(tmp_path))
+    checkpoints = checkpoint_steps(str(tmp_path))
     assert [s for s, _ in checkpoints] == list(range(1, step))  # the last good step is the latest checkpoint
     for _, folder in checkpoints:
         for name, tensor in weights(folder).items():
@@ -176,7 +178,7 @@ def test_non_finite_similarities_are_reported_as_divergence(karpathy, tmp_path, 
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SiscForPreTraining, "forward", forward)
-    with pytest.raises(pretrain.TrainingDiverged, match=r"diverged at step 3: the model's similarities are not finite.*step 2: loss"):
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 3: the model's similarities are not finite.*step 2: loss"):
         train(karpathy, tmp_path, "--max_steps", "4", "--eval_split", "")
 
 
@@ -214,7 +216,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_equals_one_run(karpathy, 
     assert stopped.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are back
     assert "stopped by SIGINT after step 2" in capsys.readouterr().err
-    assert pretrain.checkpoint_steps(str(out)) == [(2, str(out / "checkpoints" / "step_2"))]
+    assert checkpoint_steps(str(out)) == [(2, str(out / "checkpoints" / "step_2"))]
     assert json.loads((out / "checkpoints" / "step_2" / "sisc_progress.json").read_text())["skips"]["seen"] == 8
 
     at_step(None, None)
@@ -286,7 +288,7 @@ def test_two_processes_checkpoint_stop_together_and_skip_the_same_bad_items(karp
         [*common, "--output_dir", str(stopped), "--eval_split", ""], extra_env={"SISC_TEST_SIGTERM": "1:1"}
     )
     assert code != 0 and "stopped by" in stderr and "after step 1" in stderr, stderr[-3000:]
-    assert pretrain.checkpoint_steps(str(stopped)) == [(1, str(stopped / "checkpoints" / "step_1"))]
+    assert checkpoint_steps(str(stopped)) == [(1, str(stopped / "checkpoints" / "step_1"))]
     assert (stopped / "checkpoints" / "step_1" / "sisc_progress.json").is_file()
 
 

@@ -52,10 +52,10 @@ def test_finetune_keeps_the_best_epoch_and_reports_test_metrics(pretrained, karp
 
 def test_an_earlier_better_epoch_is_restored(pretrained, karpathy, tmp_path, monkeypatch):
     """Validation scores scripted to peak at epoch 1: the final weights are epoch 1's, not the last epoch's."""
-    import sisc_train.evaluation.retrieval as evaluation
+    import sisc_train.tasks.pretraining as pretraining
 
     scores = iter([60.0, 10.0, 20.0])
-    monkeypatch.setattr(evaluation, "evaluate_retrieval", lambda *a, **k: {"itc": {"r_mean": next(scores)}, "timing": {}})
+    monkeypatch.setattr(pretraining, "evaluate_retrieval", lambda *a, **k: {"itc": {"r_mean": next(scores)}, "timing": {}})
     finetune(pretrained, karpathy, tmp_path, "--num_epochs", "3", "--eval_split", "")
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["best_model"]["epoch"] == 1 and summary["best_model"]["step"] == 5

@@ -12,13 +12,13 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.helpers.fresh_process import python_without_repo
 from configuration_sisc import SiscConfig
 from modeling_sisc import (
     SiscForPreTraining,
@@ -424,10 +424,10 @@ torch.save(out, folder + "/fresh_out.pt")
 
 def test_fresh_process_auto_classes_reload_the_same_model(checkpoints, base_model, pretraining_model, tmp_path):
     folder, inputs = checkpoints
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    python, env = python_without_repo()
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(folder)],
+        [*python, "-c", FRESH_PROCESS, str(folder)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

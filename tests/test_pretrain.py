@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from sisc_train.loop.checkpoints import find_checkpoint
+from sisc_train.loop.arguments import parse_args
 from sisc_train.tasks import pretraining as pretrain
 
 TINY = ["--image_size", "16", "--hidden_size", "32", "--per_device_batch_size", "8", "--num_workers", "0",
@@ -76,11 +78,11 @@ def test_pretrain_saves_a_loadable_checkpoint(pairs_file, tmp_path, loss):
 def test_config_file_with_flag_override(pairs_file, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("loss: infonce\nmax_steps: 2\nlearning_rate: 0.0005\n")
-    model_args, data_args, args = pretrain.parse_args(["--config", str(config), "--max_steps", "1"])
+    model_args, data_args, args = parse_args(pretrain.ARGUMENTS, ["--config", str(config), "--max_steps", "1"])
     assert model_args.loss == "infonce" and args.learning_rate == 0.0005 and args.max_steps == 1
     config.write_text("not_a_field: 1\n")
     with pytest.raises(ValueError, match="not_a_field"):
-        pretrain.parse_args(["--config", str(config)])
+        parse_args(pretrain.ARGUMENTS, ["--config", str(config)])
 
 
 def test_resume_gives_the_same_weights(pairs_file, tmp_path):
@@ -97,7 +99,7 @@ def test_resume_gives_the_same_weights(pairs_file, tmp_path):
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
     # 'latest' finds the newest checkpoint of the output folder
-    assert pretrain.find_checkpoint(str(one_go), "latest").endswith("step_6")
+    assert find_checkpoint(str(one_go), "latest").endswith("step_6")
 
 
 def test_bad_samples_are_skipped_counted_and_bounded(bad_pairs_file, tmp_path):
@@ -229,7 +231,7 @@ def test_student_with_teacher_logs_alpha(pairs_file, teacher_dir, tmp_path):
 def test_teacher_cache_gives_the_online_teacher_weights(pairs_file, teacher_dir, tmp_path):
     from modeling_sisc import SiscModel, mixed_similarity, regulation_weights
     from processing_sisc import build_default_processor
-    from sisc_train.tasks.teacher_cache import attach_teacher_cache, build_teacher_cache, load_teacher_cache
+    from sisc_train.data.teacher_cache import attach_teacher_cache, build_teacher_cache, load_teacher_cache
     from sisc_train.data.pairs import PairCollator, load_pairs
 
     teacher = SiscModel.from_pretrained(teacher_dir).eval()

@@ -12,7 +12,12 @@ from __future__ import annotations
 import json
 
 
+import datasets
 import torch
+from transformers import AutoModelForSequenceClassification
+
+from sisc_train.data.images import decode_image
+from sisc_train.data.tasks import load_processor, load_task_data, task_evaluation_parser
 
 COLUMNS = {"sentence": "sentence", "left_image": "left_image", "right_image": "right_image", "label": "label"}
 TYPE_COLUMN = "statement_type"  # optional: accuracy is also reported per statement type
@@ -31,8 +36,6 @@ def label_value(value) -> int | None:
 
 def usable_rows(split, columns=None) -> tuple[list[int], int]:
     """Indices of rows with both images and a readable label, and the number of rows left out."""
-    import datasets
-
     columns = {**COLUMNS, **(columns or {})}
     view = split
     for name in (columns["left_image"], columns["right_image"]):
@@ -54,8 +57,6 @@ class NlvrCollator:
         self.columns = {**COLUMNS, **(columns or {})}
 
     def __call__(self, rows):
-        from sisc_train.data.images import decode_image
-
         c = self.columns
         for index, row in enumerate(rows):
             if row[c["left_image"]] is None or row[c["right_image"]] is None:
@@ -111,16 +112,11 @@ def majority_baseline(train_split, eval_split, columns=None) -> dict:
 
 
 def main(argv=None) -> dict:
-    from sisc_train.loop.trainer import task_evaluation_parser
-
     parser = task_evaluation_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--splits", nargs="+", default=["dev", "test"])
     parser.add_argument("--baseline_split", default="train", help="split the majority label comes from ('' = none)")
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForSequenceClassification
-
-    from sisc_train.loop.trainer import load_processor, load_task_data
 
     model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     processor = load_processor(args.model_name_or_path)

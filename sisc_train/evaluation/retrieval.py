@@ -37,10 +37,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from accelerate import Accelerator
+from transformers import AutoProcessor, HfArgumentParser
+
+from modeling_sisc import SiscModel
 from sisc_train.data.images import decode_image
 from sisc_train.data.pairs import CAPTION_COLUMNS, IMAGE_COLUMNS, BadEvaluationData, SkipCounter, has_own_splits, load_pairs
 from sisc_train.loop.launch import check_launch
 from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
+from sisc_train.synthetic.shapes import ShapesConfig, load_shapes_dataset, retrieval_view
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +103,6 @@ def load_retrieval_set(
     own_splits = source == "shapes" or has_own_splits(source)
     split = ("test" if own_splits else "train") if split is None else split
     if source == "shapes":
-        from sisc_train.synthetic.shapes import ShapesConfig, load_shapes_dataset
-
         splits = load_shapes_dataset(shapes_config or ShapesConfig(), cache_dir=data_cache_dir)
         if split not in splits:
             raise ValueError(f"the shapes dataset has no split {split!r}; it has {sorted(splits)}")
@@ -134,8 +137,6 @@ _SHAPES_VIEWS: dict[str, tuple] = {}  # split fingerprint -> retrieval view: run
 
 def shapes_retrieval_set(split_dataset, description: str) -> RetrievalSet:
     """A split of the embedded shapes dataset, with its exact caption-image relevance."""
-    from sisc_train.synthetic.shapes import retrieval_view
-
     key = getattr(split_dataset, "_fingerprint", None)
     view = _SHAPES_VIEWS.get(key) if key else None
     if view is None:
@@ -477,28 +478,12 @@ def default_output_path(args: EvaluationArguments) -> str:
 
 
 def main(argv=None) -> dict:
-    from sisc_train.tasks.pretraining import reset_accelerate_state
-
-    try:
-        return evaluate_from_command_line(argv)
-    finally:
-        reset_accelerate_state()
-
-
-def evaluate_from_command_line(argv) -> dict:
-    from accelerate import Accelerator
-    from transformers import AutoProcessor, HfArgumentParser
-
-    from modeling_sisc import SiscModel
-
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
     accelerator = Accelerator()
     check_launch(accelerator, "train/evaluate_retrieval.py")
     model = SiscModel.from_pretrained(args.model).to(accelerator.device)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     with accelerator.main_process_first():
-        from sisc_train.synthetic.shapes import ShapesConfig
-
         data = load_retrieval_set(
             args.data, args.split, image_root=args.image_root, image_column=args.image_column,
             caption_column=args.caption_column, shapes_config=ShapesConfig.preset(args.shapes_preset),

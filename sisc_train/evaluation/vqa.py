@@ -12,12 +12,15 @@ baselines (the most frequent training answer for every question, and per questio
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 
 
 import torch
+from transformers import AutoModelForVisualQuestionAnswering
 
 from sisc_train.data.images import decode_image
+from sisc_train.data.tasks import limit, load_processor, load_task_data, task_evaluation_parser
 from sisc_train.evaluation.vqa_metrics import majority_answers, normalize_answer, vqa_accuracy, write_results
 
 COLUMNS = {"question": "question", "answers": "answers", "image": "image", "question_id": "question_id",
@@ -56,8 +59,6 @@ def evaluate_vqa(model, processor, split, batch_size: int = 128, k: int | None =
 
 
 def _most_common_answer(answers) -> str:
-    from collections import Counter
-
     return Counter(normalize_answer(a["answer"] if isinstance(a, dict) else a) for a in answers).most_common(1)[0][0]
 
 
@@ -80,8 +81,6 @@ def majority_baselines(train_split, eval_split, official: bool = False, columns=
 
 
 def main(argv=None) -> dict:
-    from sisc_train.loop.trainer import task_evaluation_parser
-
     parser = task_evaluation_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="test")
     parser.add_argument("--baseline_split", default="train", help="split the majority baselines come from ('' = none)")
@@ -91,9 +90,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--output_file", default=None, help="default: <model>/predictions_<split>.json")
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForVisualQuestionAnswering
-
-    from sisc_train.loop.trainer import limit, load_processor, load_task_data
 
     model = AutoModelForVisualQuestionAnswering.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     processor = load_processor(args.model_name_or_path)

@@ -1,226 +1,360 @@
-"""Shared fine-tuning loop of the downstream-task trainers (`finetune_vqa.py`, `finetune_nlvr.py`), with Accelerate.
+"""The one training loop of SISC: pretraining, retrieval fine-tuning, VQA, NLVR and the text-assignment step.
 
-AdamW (weight decay, a lower learning rate for the image encoder as in the paper's fine-tuning), linear warm-up then
-cosine decay, gradient clipping; after every epoch the validation split is evaluated and the best epoch's weights
-are kept (restored at the end); the final model and processor are saved, the test metrics go to `results.json`
-and a model card, and `--push_to_hub` uploads the folder (train/hub.py).
+A task (`Task`) supplies what differs: its data and collator, its model, its training step (the loss) and its
+evaluation. `train(task, args)` does the rest, the same for every task: Accelerate (processes, mixed precision,
+gradient accumulation), AdamW with the vision tower's own learning rate, warm-up + cosine decay, gradient clipping,
+trackers, a tqdm bar, periodic `save_state` checkpoints with exact resume, the best model by a validation metric kept
+on disk, bad-sample counting, clean stops on signals and divergence, then the final save, evaluation, model card and
+optional Hub push.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
+import importlib.util
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-
+from dataclasses import asdict
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from sisc_train.data.pairs import SkipCounter, pop_bookkeeping
+from sisc_train.loop.arguments import RESUME_SETTINGS, TrainingArguments
+from sisc_train.loop.checkpoints import (
+    KeepBest,
+    check_resume_settings,
+    find_checkpoint,
+    prepare_output_dir,
+    read_progress,
+    save_checkpoint,
+)
 from sisc_train.loop.launch import check_launch
+from sisc_train.loop.stopping import (
+    StopSignals,
+    checkpoint_on_bad_data,
+    clip_and_check_gradients,
+    detached_losses,
+    divergence,
+    ignore_stop_signals,
+    stop_requested,
+    stop_with_checkpoint,
+)
+from sisc_train.publishing.hub import check_hub_token, push_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TaskTrainingArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The pretrained SISC checkpoint to start from (required)."}
+class Task:
+    """What one job trains. Subclasses set `name` and implement `load_data` and `build_model`; the other hooks have
+    defaults that suit a plain supervised task (the model returns an output with `.loss` from the collated batch)."""
+
+    name = "task"
+    find_unused_parameters = False  # a switched-off head gets no gradients, which DDP must be told about
+    publishes = True  # the final model, processor and model card are saved to --output_dir (and pushed)
+
+    def __init__(self, args: TrainingArguments):
+        self.args = args
+        self.accelerator: Accelerator | None = None  # set by train()
+        self.processor = None
+        self.skips = SkipCounter()
+
+    # -- data and model ------------------------------------------------------------------------------------------
+    def load_data(self, accelerator: Accelerator):
+        """-> (training rows, collator); sets `self.processor`. Runs on the main process first (dataset caching)."""
+        raise NotImplementedError
+
+    def build_model(self, total_steps: int, accelerator: Accelerator) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """The model and data settings a resumed run must share with the run that wrote its checkpoint."""
+        return {}
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def training_step(self, model, batch: dict, step: int):
+        """The model's outputs (with `.loss` and any `loss_*` parts) on one batch; `step` is the optimizer step being
+        made (1-based)."""
+        return model(**batch)
+
+    def step_logs(self, model, batch: dict, outputs, step: int) -> dict:
+        """Values logged with the losses every --logging_steps."""
+        return {}
+
+    def after_step(self, model, outputs, step: int, total_steps: int, accelerator: Accelerator) -> None:
+        """Work after an optimizer step (plots, ...)."""
+
+    def divergence_reason(self, error: Exception) -> str | None:
+        """When the model's refusal `error` (raised by `training_step`) means that training diverged: the reason."""
+        return None
+
+    # -- evaluation and results ----------------------------------------------------------------------------------
+    def validate(self, model) -> dict | None:
+        """Validation metrics after an epoch (higher --metric_for_best_model is better); None: no validation."""
+        return None
+
+    def has_validation(self) -> bool:
+        return False
+
+    def summary_fields(self) -> dict:
+        """Fields of results.json known before the final evaluation."""
+        return {}
+
+    def final_evaluation(self, model, accelerator: Accelerator, summary: dict) -> None:
+        """Evaluate the kept model after it is saved; fill `summary` (its "metrics" and anything else)."""
+
+    def write_card(self, model, summary: dict) -> None:
+        """The model card of the saved model (`summary` holds the results)."""
+
+    def print_summary(self, summary: dict) -> None:
+        print(f"\ntrained in {summary['train_seconds']:.0f} s; {self.skips.report()}")
+        best = summary["best_model"]
+        if best and best["step"] is not None:
+            print(f"kept the model of epoch {best['epoch']:g} (step {best['step']}): {best['metric']} = {best['value']:.2f}")
+        print(f"checkpoint saved to {self.args.output_dir}")
+
+    def evaluation_hint(self) -> str:
+        """How to run the final evaluation again when it fails (the model is saved already)."""
+        return ""
+
+
+def param_groups(model, learning_rate: float, vision_learning_rate: float, weight_decay: float) -> list[dict]:
+    """AdamW groups of any SISC model: vision tower vs the rest (separate learning rates, as in the paper); no decay
+    on norms and biases."""
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        vision = ".sisc.vision_model." in f".{name}"  # also inside a wrapper (the text-assignment model)
+        no_decay = param.dim() < 2 or "LayerNorm" in name or "layernorm" in name
+        key = (vision, no_decay)
+        if key not in groups:
+            lr = vision_learning_rate if vision else learning_rate
+            groups[key] = {"params": [], "lr": lr, "weight_decay": 0.0 if no_decay else weight_decay}
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def trackers(report_to: str):
+    if report_to == "auto":  # tensorboard when it is installed, else none
+        return "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    return None if report_to == "none" else report_to.split(",")
+
+
+def make_accelerator(task: Task, args: TrainingArguments) -> Accelerator:
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=trackers(args.report_to),
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        # dispatch_batches=False: every process reads its own shard (batches carry non-tensor bookkeeping)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=task.find_unused_parameters)],
     )
-    dataset: str = field(
-        default="shapes",
-        metadata={"help": "'shapes' (the embedded task data), a dataset folder saved with save_to_disk, or a Hub dataset name."},
-    )
-    data_cache_dir: str = field(default="data_cache/shapes", metadata={"help": "Where the embedded task data is cached."})
-    shapes_num_train: int | None = field(default=None, metadata={"help": "Override the size of the embedded train split."})
-    train_split: str = "train"
-    validation_split: str | None = field(default="validation", metadata={"help": "Evaluated after every epoch ('' = none)."})
-    eval_split: str | None = field(default="test", metadata={"help": "Evaluated at the end ('' = none)."})
-    output_dir: str = "outputs/sisc-small-task"
-    seed: int = 42
-    per_device_batch_size: int = 64
-    eval_batch_size: int = 128
-    num_epochs: int = 3
-    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimiser steps."})
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of text/fusion/heads."})
-    vision_learning_rate: float | None = field(default=None, metadata={"help": "Image encoder learning rate (default: lr / 4)."})
-    weight_decay: float = 0.05
-    warmup_steps: int = 20
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
-    logging_steps: int = 20
-    num_workers: int = 0
-    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the final checkpoint to."})
-    hub_private: bool = False
 
 
-def check_common_args(args: TaskTrainingArguments, script: str) -> None:
-    if not args.model_name_or_path:
-        raise SystemExit(f"{script} needs --model_name_or_path: the pretrained SISC checkpoint to start from")
-    if args.per_device_batch_size < 1 or args.eval_batch_size < 1:
-        raise SystemExit("batch sizes must be >= 1")
+def schedule(rows, args: TrainingArguments, num_processes: int, streaming: bool) -> tuple[int | None, int]:
+    """(optimizer steps per epoch (None for a stream), total optimizer steps)."""
+    if streaming:
+        if args.max_steps is None:
+            raise ValueError("--streaming needs --max_steps (the length of a stream is unknown)")
+        return None, args.max_steps
+    batches = len(rows) // (args.per_device_batch_size * num_processes)
+    if batches == 0:
+        raise ValueError(f"{len(rows)} training examples do not fill one batch of --per_device_batch_size "
+                         f"{args.per_device_batch_size} x {num_processes} process(es): use a smaller batch or more data")
+    steps_per_epoch = max(batches // args.gradient_accumulation_steps, 1)
+    return steps_per_epoch, args.max_steps or steps_per_epoch * args.num_epochs
 
 
-def task_evaluation_parser(description: str) -> argparse.ArgumentParser:
-    """The arguments the task-evaluation scripts share: the model, its data (as for the trainers) and the batch size."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--dataset", default=TaskTrainingArguments.dataset)
-    parser.add_argument("--data_cache_dir", default=TaskTrainingArguments.data_cache_dir)
-    parser.add_argument("--shapes_num_train", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=TaskTrainingArguments.eval_batch_size)
-    return parser
+def epochs_done(global_step: int, steps_per_epoch: int | None, epoch: int) -> float:
+    """Epochs completed so far (fractional when training stopped mid-epoch; the epoch count for streams)."""
+    return round(global_step / steps_per_epoch, 2) if steps_per_epoch else epoch
 
 
-def load_processor(path: str):
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    except (OSError, ValueError):  # a checkpoint without a processor: the default one
-        from processing_sisc import build_default_processor
-
-        logger.warning("%s has no processor: using build_default_processor()", path)
-        return build_default_processor()
-
-
-# rows of the embedded task data when --shapes_num_train is not given (the ShapesTaskConfig default otherwise);
-# NLVR: one true / false bit per pair, and 8,000 pairs left counting at chance (README)
-SHAPES_TASK_NUM_TRAIN = {"vqa": None, "nlvr": 24000}
-
-
-def load_task_data(task: str, dataset: str, cache_dir: str = "data_cache/shapes", num_train: int | None = None):
-    """The DatasetDict of `task` ("vqa" / "nlvr"): the embedded shapes task data, a saved dataset folder, or a Hub
-    dataset."""
-    import datasets
-
-    if dataset == "shapes":
-        from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig, load_task_dataset
-
-        num_train = num_train if num_train is not None else SHAPES_TASK_NUM_TRAIN[task]
-        config = ShapesTaskConfig(**({"num_train": num_train} if num_train is not None else {}))
-        return load_task_dataset(task, config, cache_dir)
-    if os.path.isdir(dataset):
-        return datasets.load_from_disk(dataset)
-    return datasets.load_dataset(dataset)
-
-
-def limit(split, n: int | None):
-    return split if n is None or n >= len(split) else split.select(range(n))
-
-
-def fine_tune(model, train_rows, collate, args: TaskTrainingArguments, *, validate=None, metric: str, log_prefix: str) -> dict:
-    """Train `model` on `train_rows` (a datasets split) with `collate` (rows -> model kwargs incl. the loss target).
-
-    `validate(model)` -> metrics dict (higher `metric` is better) runs after every epoch; the best epoch's weights
-    are restored at the end. Returns {"global_step", "train_seconds", "validation_history", "best_model",
-    "last_loss", "accelerator"}.
-    """
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+def train(task: Task, args: TrainingArguments) -> dict:
+    """Train `task`; returns its summary (also written to `<output_dir>/results.json`)."""
+    accelerator = task.accelerator = make_accelerator(task, args)
     check_launch(accelerator)
     set_seed(args.seed)
-    loader = DataLoader(
-        train_rows, batch_size=args.per_device_batch_size, shuffle=True, collate_fn=collate, num_workers=args.num_workers,
-        drop_last=len(train_rows) > args.per_device_batch_size,
-    )
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes) if accelerator.num_processes > 1 else len(loader)
-    total_steps = steps_per_epoch * args.num_epochs
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-    from sisc_train.tasks.pretraining import param_groups
+    prepare_output_dir(accelerator, args)
+    if args.push_to_hub and accelerator.is_main_process and check_hub_token() is None:
+        logger.warning("--push_to_hub %s: no Hugging Face token found (run `hf auth login` or set HF_TOKEN); the push "
+                       "at the end will fail, after the checkpoint is saved locally", args.push_to_hub)
 
-    vision_lr = args.vision_learning_rate if args.vision_learning_rate is not None else args.learning_rate / 4
-    optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, vision_lr, args.weight_decay))
+    with accelerator.main_process_first():
+        rows, collator = task.load_data(accelerator)
+    streaming = isinstance(rows, torch.utils.data.IterableDataset)
+    loader = DataLoader(
+        rows,
+        batch_size=args.per_device_batch_size,
+        shuffle=not streaming,
+        drop_last=True,  # equal batch sizes on every process: the global contrastive batch is gathered
+        num_workers=args.num_workers,
+        collate_fn=collator,
+        persistent_workers=args.num_workers > 0,
+        worker_init_fn=ignore_stop_signals,  # Ctrl-C is the training process's to handle (a checkpoint first)
+        # its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed run's
+        # masking / hard-negative sampling would drift from an uninterrupted one
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    steps_per_epoch, total_steps = schedule(rows, args, accelerator.num_processes, streaming)
+    model = task.build_model(total_steps, accelerator)
+    optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, args.vision_lr(), args.weight_decay))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max(total_steps - 1, 0)), max(total_steps, 1))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    history, best, best_state = [], None, None
-    step, last_loss, start = 0, None, time.perf_counter()
+
+    settings = {**task.settings(), **{name: getattr(args, name) for name in RESUME_SETTINGS},
+                "total_steps": total_steps, "num_processes": accelerator.num_processes}
+    keep_best = KeepBest(args.output_dir, args.metric_for_best_model, task.validate if task.has_validation() else None, accelerator)
+    global_step, epoch, skip_batches, history, resumed = 0, 0, 0, [], {}
+    if args.resume_from_checkpoint:
+        resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        resumed = read_progress(resume_path)
+        check_resume_settings(resume_path, resumed.get("settings"), settings)
+        accelerator.load_state(resume_path)
+        global_step = resumed["global_step"]
+        if steps_per_epoch:
+            epoch = global_step // steps_per_epoch
+            skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        task.skips.update(**resumed.get("skips", {}))
+        if "validation" in resumed:
+            keep_best.restore(resumed["validation"])
+        history.extend(resumed.get("history", []))
+        accelerator.print(f"resumed from {resume_path} at step {global_step}")
+
+    saved = {"step": None, "path": None}
+
+    def checkpoint() -> str:
+        """The checkpoint of the last completed step (written once per step)."""
+        if saved["step"] != global_step:
+            skips = {"seen": task.skips.seen, "skipped": task.skips.skipped, "reasons": dict(task.skips.reasons)}
+            state = {"settings": settings, "skips": skips, "validation": keep_best.state(), "history": history}
+            saved.update(step=global_step, path=save_checkpoint(accelerator, args.output_dir, global_step, state, args.save_total_limit))
+        return saved["path"]
+
+    def validate() -> None:
+        with checkpoint_on_bad_data(checkpoint):  # bad validation data stops the run, after saving it
+            keep_best.run(accelerator.unwrap_model(model), epochs_done(global_step, steps_per_epoch, epoch), global_step)
+
+    if accelerator.is_main_process:
+        config = {k: v for k, v in {**settings, **asdict(args)}.items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(f"sisc-{task.name}", config)
+    if resumed and steps_per_epoch and global_step % steps_per_epoch == 0 and global_step < total_steps:
+        validate()  # a checkpoint of an epoch's last step is written before that epoch's validation: catch up on it
+    progress = tqdm(total=total_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc=task.name)
+    started, last_losses, last_logs = time.time(), None, {}
     model.train()
-    for epoch in range(1, args.num_epochs + 1):
-        if step >= total_steps:
+    with StopSignals(verbose=accelerator.is_local_main_process) as signals:
+        while global_step < total_steps:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+            skip_batches = 0
+            for batch in epoch_loader:
+                if "num_seen" in batch:  # the collator counted bad samples it left out
+                    seen, skipped, reasons, batch["relevance"] = pop_bookkeeping(batch)
+                    task.skips.update(seen, skipped, reasons)
+                with accelerator.accumulate(model):
+                    try:
+                        outputs = task.training_step(model, batch, global_step + 1)
+                    except ValueError as error:
+                        reason = task.divergence_reason(error)
+                        if reason is None:
+                            raise
+                        raise divergence(global_step + 1, reason, None, None, scheduler, args, last_losses) from error
+                    accelerator.backward(outputs.loss)
+                    if accelerator.sync_gradients:  # a non-finite loss or gradient never reaches the weights
+                        clip_and_check_gradients(accelerator, model, outputs, global_step + 1, scheduler, args, last_losses)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                last_losses = detached_losses(outputs)
+                progress.update(1)
+                if global_step % args.logging_steps == 0 or global_step == total_steps:
+                    last_logs = {name: value.item() for name, value in last_losses.items()}
+                    last_logs.update(task.step_logs(model, batch, outputs, global_step))
+                    accelerator.log({**last_logs, "lr": scheduler.get_last_lr()[-1], "epoch": epoch}, step=global_step)
+                    progress.set_postfix(loss=f"{last_logs['loss']:.3f}")
+                    history.append({"step": global_step, **last_logs})
+                task.after_step(model, outputs, global_step, total_steps, accelerator)
+                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                    checkpoint()
+                if stop_requested(accelerator, signals):  # after a whole optimizer step, never within one
+                    stop_with_checkpoint(accelerator, signals, global_step, checkpoint())
+                if global_step >= total_steps:
+                    break
+            else:
+                epoch += 1
+                task.skips.check()
+                accelerator.print(f"epoch {epoch}: {task.skips.report()}")
+                validate()
+                if stop_requested(accelerator, signals):  # a signal during the validation: stop before the next epoch
+                    stop_with_checkpoint(accelerator, signals, global_step, checkpoint())
+                continue
             break
-        running, count = 0.0, 0
-        for batch in loader:
-            outputs = model(**batch)
-            accelerator.backward(outputs.loss)
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            last_loss = outputs.loss.item()
-            running, count = running + last_loss, count + 1
-            if args.logging_steps and step % args.logging_steps == 0 and accelerator.is_main_process:
-                print(
-                    f"[{log_prefix}] epoch {epoch} step {step}/{total_steps} loss {running / count:.4f} "
-                    f"lr {scheduler.get_last_lr()[-1]:.2e} ({time.perf_counter() - start:.0f}s)",
-                    flush=True,
-                )
-                running, count = 0.0, 0
-            if step >= total_steps:
-                break
-        if validate is not None:
-            unwrapped = accelerator.unwrap_model(model)
-            unwrapped.eval()
-            metrics = validate(unwrapped)
-            unwrapped.train()
-            history.append({"epoch": epoch, "step": step, **metrics})
-            if accelerator.is_main_process:
-                print(f"[{log_prefix}] validation after epoch {epoch}: {metric} {metrics[metric]:.2f}", flush=True)
-            if best is None or metrics[metric] > best["value"]:
-                best = {"metric": metric, "value": metrics[metric], "epoch": epoch, "step": step}
-                best_state = copy.deepcopy(unwrapped.state_dict())
+    progress.close()
+    task.skips.check()
+    train_seconds = round(time.time() - started, 1)
+    accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    if best_state is not None and best["epoch"] != history[-1]["epoch"]:
-        unwrapped.load_state_dict(best_state)
+    validate()  # no-op when the last epoch was just validated
+    keep_best.restore_best(unwrapped)
     unwrapped.eval()
-    return {
-        "global_step": step,
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "validation_history": history,
-        "best_model": best,
-        "last_loss": last_loss,
-        "accelerator": accelerator,
-        "model": unwrapped,
+    summary = {
+        "metrics": {},
+        **task.summary_fields(),
+        "train_seconds": train_seconds,
+        "global_step": global_step,
+        "validation_history": keep_best.history,
+        "best_model": keep_best.best if task.has_validation() else None,
+        "skipped_samples": task.skips.skipped,
+        "seen_samples": task.skips.seen,
+        "skip_reasons": dict(task.skips.reasons),
+        "last_logs": last_logs,
+        "history": history,
+        # the run's settings, with the learning rate the image encoder actually had
+        "args": {**task.settings(), **asdict(args), "vision_learning_rate": args.vision_lr()},
     }
+    finish(task, unwrapped, accelerator, summary)
+    accelerator.end_training()
+    return {**summary, "model": unwrapped}
 
 
-def save_and_report(model, processor, args: TaskTrainingArguments, summary: dict, *, card_kwargs: dict) -> None:
-    """Save model + processor, write results.json and the model card, push to the Hub when asked."""
-    from sisc_train.publishing.model_card import render_model_card
+def finish(task: Task, model, accelerator: Accelerator, summary: dict) -> None:
+    """Save the kept model before the final evaluation (which reads data that may be bad), evaluate it, write the
+    results and the model card, push to the Hub when asked."""
+    args = task.args
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump({**summary, "args": asdict(args)}, handle, indent=2, default=str)
-    hyperparameters = {
-        key: getattr(args, key)
-        for key in ("learning_rate", "vision_learning_rate", "per_device_batch_size", "num_epochs", "max_steps",
-                    "weight_decay", "warmup_steps", "seed")
-    }
-    hyperparameters.update(card_kwargs.pop("extra_hyperparameters", {}))
-    render_model_card(
-        args.output_dir,
-        model_config=model.config.to_dict(),
-        metrics={},
-        dataset_name=args.dataset,
-        hyperparameters=hyperparameters,
-        base_model=args.model_name_or_path,
-        **card_kwargs,
-    )
-    if args.push_to_hub:
-        from sisc_train.publishing.hub import push_checkpoint
+    def write_results() -> None:
+        if accelerator.is_main_process:
+            with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+                json.dump(summary, f, indent=2, default=str)
+            if task.publishes:
+                task.write_card(model, summary)
 
-        url = push_checkpoint(args.output_dir, args.push_to_hub, private=args.hub_private)
-        print(f"pushed to {url}", flush=True)
+    if accelerator.is_main_process and task.publishes:
+        model.save_pretrained(args.output_dir)
+        task.processor.save_pretrained(args.output_dir)
+    write_results()
+    accelerator.wait_for_everyone()
+    try:
+        task.final_evaluation(model, accelerator, summary)
+    except BaseException:
+        accelerator.print(f"\nthe final evaluation did not finish; the trained model is saved in {args.output_dir}"
+                          + (f" (evaluate it again with {task.evaluation_hint()})" if task.evaluation_hint() else ""))
+        raise
+    write_results()
+    if accelerator.is_main_process:
+        task.print_summary(summary)
+    if args.push_to_hub and accelerator.is_main_process and task.publishes:
+        # after the local save: a failed push (no token, no network) loses nothing and says how to retry
+        print(f"pushed to {push_checkpoint(args.output_dir, args.push_to_hub, private=args.hub_private)}")

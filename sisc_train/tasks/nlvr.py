@@ -20,68 +20,100 @@ from __future__ import annotations
 import json
 
 
-from accelerate.utils import set_seed
-from transformers import HfArgumentParser
+from dataclasses import dataclass, field
 
 from modeling_sisc import SiscForVisualReasoning
+from sisc_train.data.tasks import TaskDataArguments, limit, load_processor, load_task_data
 from sisc_train.evaluation.nlvr import NlvrCollator, evaluate_nlvr, majority_baseline, usable_rows
+from sisc_train.loop.arguments import TrainingArguments, parse_args
+from sisc_train.loop.trainer import Task, train
+from sisc_train.tasks.common import check_task_args, save_task_card
 from sisc_train.tasks.text_assignment import TextAssignmentArguments, run_text_assignment, text_assignment_source
-from sisc_train.loop.trainer import (
-    TaskTrainingArguments,
-    check_common_args,
-    fine_tune,
-    limit,
-    load_processor,
-    load_task_data,
-    save_and_report,
-)
 
 
-def main(argv=None) -> dict:
-    parser = HfArgumentParser((TaskTrainingArguments, TextAssignmentArguments))
-    parser.set_defaults(output_dir="outputs/sisc-small-nlvr", validation_split="dev", num_epochs=3)
-    args, ta_args = parser.parse_args_into_dataclasses(args=argv)
-    if args.vision_learning_rate is None:
-        # unlike VQA's lr / 4: comparing two images needs the small image tower to keep learning (measured, README)
-        args.vision_learning_rate = args.learning_rate
-    check_common_args(args, "finetune_nlvr.py")
-    processor = load_processor(args.model_name_or_path)
-    data = load_task_data("nlvr", args.dataset, args.data_cache_dir, args.shapes_num_train)
-    train_split = limit(data[args.train_split], args.max_train_samples)
-    keep, skipped = usable_rows(train_split)
-    if skipped:
-        print(f"[nlvr] skipping {skipped} training rows without a second image or a readable label", flush=True)
-    if not keep:
-        raise ValueError("no usable training row (sentence, two images, label)")
-    train_rows = train_split.select(keep)
-    set_seed(args.seed)  # the new heads' initialisation is part of the run
-    model = SiscForVisualReasoning.from_pretrained(args.model_name_or_path)
-    source = text_assignment_source(ta_args, args.dataset)
-    text_assignment = run_text_assignment(model, processor, args, ta_args, source) if source else None
+@dataclass
+class NlvrDataArguments(TaskDataArguments):
+    validation_split: str | None = field(default="dev", metadata={"help": "Evaluated after every epoch ('' = none)."})
 
-    dev = limit(data[args.validation_split], args.max_eval_samples) if args.validation_split else None
-    validate = (lambda m: evaluate_nlvr(m, processor, dev, args.eval_batch_size)) if dev is not None else None
-    result = fine_tune(model, train_rows, NlvrCollator(processor), args, validate=validate, metric="accuracy", log_prefix="nlvr")
-    model, accelerator = result.pop("model"), result.pop("accelerator")
-    summary = {**result, "text_assignment": text_assignment, "skipped_train_rows": skipped, "train_examples": len(train_rows), "metrics": {}}
-    if accelerator.is_main_process:
-        for name in dict.fromkeys(s for s in (args.validation_split, args.eval_split) if s):
-            split = limit(data[name], args.max_eval_samples)
-            metrics = evaluate_nlvr(model, processor, split, args.eval_batch_size)
-            metrics["majority_baseline_accuracy"] = majority_baseline(train_split, split)["majority_accuracy"]
+
+@dataclass
+class NlvrTrainingArguments(TrainingArguments):
+    output_dir: str = "outputs/sisc-small-nlvr"
+    num_epochs: int = 3
+    # the image tower at the full learning rate (unlike VQA's lr / 4): comparing two images needs the small image
+    # tower to keep learning (measured, README)
+    vision_learning_rate_factor: float = 1.0
+    metric_for_best_model: str = field(default="accuracy", metadata={"help": "Validation metric that picks the kept model."})
+
+
+class NlvrTask(Task):
+    name = "nlvr"
+
+    def __init__(self, data_args: NlvrDataArguments, ta_args: TextAssignmentArguments, args: NlvrTrainingArguments):
+        super().__init__(args)
+        self.data_args, self.ta_args = data_args, ta_args
+        check_task_args(data_args, args, "finetune_nlvr.py")
+        self.ta_source = text_assignment_source(ta_args, data_args.dataset)
+        self.text_assignment = None
+
+    def settings(self) -> dict:
+        return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
+                "max_train_samples": self.data_args.max_train_samples, "text_assignment_data": self.ta_source,
+                "text_assignment_examples": self.ta_args.text_assignment_examples}
+
+    def load_data(self, accelerator):
+        data_args = self.data_args
+        self.processor = load_processor(data_args.model_name_or_path)
+        self.data = load_task_data("nlvr", data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train)
+        self.train_split = limit(self.data[data_args.train_split], data_args.max_train_samples)
+        keep, self.skipped = usable_rows(self.train_split)
+        if self.skipped:
+            accelerator.print(f"[nlvr] skipping {self.skipped} training rows without a second image or a readable label")
+        if not keep:
+            raise ValueError("no usable training row (sentence, two images, label)")
+        self.train_rows = self.train_split.select(keep)
+        self.dev = limit(self.data[data_args.validation_split], data_args.max_eval_samples) if data_args.validation_split else None
+        return self.train_rows, NlvrCollator(self.processor)
+
+    def build_model(self, total_steps: int, accelerator) -> SiscForVisualReasoning:
+        model = SiscForVisualReasoning.from_pretrained(self.data_args.model_name_or_path)
+        if self.ta_source and not self.args.resume_from_checkpoint:  # a resumed run's checkpoint holds its effect
+            self.text_assignment = run_text_assignment(
+                model, self.processor, self.args, self.ta_args, self.ta_source, self.data_args.data_cache_dir
+            )
+        return model
+
+    def has_validation(self) -> bool:
+        return self.dev is not None
+
+    def validate(self, model) -> dict:
+        return evaluate_nlvr(model, self.processor, self.dev, self.args.eval_batch_size)
+
+    def summary_fields(self) -> dict:
+        return {"text_assignment": self.text_assignment, "skipped_train_rows": self.skipped, "train_examples": len(self.train_rows)}
+
+    def final_evaluation(self, model, accelerator, summary: dict) -> None:
+        if not accelerator.is_main_process:
+            return
+        for name in dict.fromkeys(s for s in (self.data_args.validation_split, self.data_args.eval_split) if s):
+            split = limit(self.data[name], self.data_args.max_eval_samples)
+            metrics = evaluate_nlvr(model, self.processor, split, self.args.eval_batch_size)
+            metrics["majority_baseline_accuracy"] = majority_baseline(self.train_split, split)["majority_accuracy"]
             summary["metrics"][name] = metrics
             print(f"[nlvr] {name}: accuracy {metrics['accuracy']:.2f} (majority label {metrics['majority_baseline_accuracy']:.2f})"
                   f" after {summary['global_step']} steps in {summary['train_seconds']}s", flush=True)
             by_type = {k.removeprefix("accuracy_"): round(v, 1) for k, v in metrics.items() if k.startswith("accuracy_")}
             if by_type:
                 print(f"[nlvr] {name} accuracy by statement type: {by_type}", flush=True)
-        save_and_report(model, processor, args, summary, card_kwargs=dict(
+
+    def write_card(self, model, summary: dict) -> None:
+        save_task_card(self.args, self.data_args, model, summary, card_kwargs=dict(
             dataset_description=("embedded synthetic two-image statements about coloured-shape scenes (train/shapes_tasks.py)"
-                                 if args.dataset == "shapes" else "NLVR2-layout data"),
-            num_train_pairs=len(train_rows),
+                                 if self.data_args.dataset == "shapes" else "NLVR2-layout data"),
+            num_train_pairs=len(self.train_rows),
             extra_hyperparameters={
-                "text_assignment_examples": text_assignment["examples"] if text_assignment else 0,
-                "text_assignment_data": source or "-",
+                "text_assignment_examples": summary['text_assignment']["examples"] if summary['text_assignment'] else 0,
+                "text_assignment_data": self.ta_source or "-",
             },
             task="text-classification",
             fine_tuned_for="visual reasoning over two images (NLVR2)",
@@ -99,11 +131,11 @@ def main(argv=None) -> dict:
                         "model; an MLP on the fused [CLS] predicts false / true."
                         + (" Before the true / false training, ALBEF's text-assignment step (a caption and two images: "
                            "the first, the second or neither) taught the two branches to keep the images apart."
-                           if text_assignment else "")),
+                           if summary['text_assignment'] else "")),
                     "results_description": "Accuracy of the true/false prediction, in percent.",
                     "usage_code": (
                         "from PIL import Image\nfrom transformers import AutoModelForSequenceClassification, AutoProcessor\n\n"
-                        f"path = {json.dumps(args.output_dir)}\n"
+                        f"path = {json.dumps(self.args.output_dir)}\n"
                         "model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()\n"
                         "processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)\n"
                         "inputs = processor(text=[\"both images contain a star\"], images=[Image.open(\"left.png\"), "
@@ -115,6 +147,12 @@ def main(argv=None) -> dict:
                 },
             },
         ))
+
+
+def main(argv=None) -> dict:
+    data_args, ta_args, args = parse_args((NlvrDataArguments, TextAssignmentArguments, NlvrTrainingArguments), argv)
+    summary = train(NlvrTask(data_args, ta_args, args), args)
+    summary.pop("model")
     return summary
 
 

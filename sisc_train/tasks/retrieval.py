@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import sys
 
+from sisc_train.tasks.pretraining import PretrainingTask
+from sisc_train.tasks.pretraining import main as pretraining_main
 
-from sisc_train.tasks import pretraining as pretrain
-
+# the preset: pretraining's arguments with the paper's retrieval fine-tuning settings (README, 'Defaults')
 FINETUNE_DEFAULTS = {
     "loss": "srcl",
     "alpha_start": 0.0,  # no teacher: the regulation weights come from the model being fine-tuned
@@ -37,12 +38,17 @@ FINETUNE_DEFAULTS = {
 }
 
 
+class RetrievalFinetuningTask(PretrainingTask):
+    name = "finetune"
+    fine_tuned_for = "image-text retrieval"
+
+
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     given = {arg.split("=", 1)[0] for arg in argv}
     if not given & {"--model_name_or_path", "--config", "--help", "-h"}:  # --help prints the options instead
         raise SystemExit("finetune_retrieval.py needs --model_name_or_path: the pretrained SISC checkpoint to start from")
-    return pretrain.main(argv, defaults=FINETUNE_DEFAULTS, fine_tuned_for="image-text retrieval")
+    return pretraining_main(argv, defaults=FINETUNE_DEFAULTS, task_class=RetrievalFinetuningTask)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,21 @@ and then).
 from __future__ import annotations
 
 import logging
+import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import datasets
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from sisc_train.data.pairs import load_pairs
 from sisc_train.evaluation.nlvr import NlvrCollator
+from sisc_train.loop.arguments import TrainingArguments
+from sisc_train.loop.trainer import Task, train
+from sisc_train.synthetic.shapes import caption_matches, load_shapes_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +57,9 @@ class TextAssignmentArguments:
 
 def caption_pairs(source: str, cache_dir: str = "data_cache/shapes"):
     """The train split of an image-caption dataset, images left undecoded."""
-    import datasets
-
     if source == "shapes":
-        from sisc_train.synthetic.shapes import load_shapes_dataset
-
         pairs = load_shapes_dataset(cache_dir=cache_dir)["train"]
         return pairs.cast_column("image", datasets.Image(decode=False))
-    from sisc_train.data.pairs import load_pairs
-
     return load_pairs(source, "train")
 
 
@@ -67,10 +67,6 @@ def text_assignment_rows(pairs, num_examples: int, seed: int = 0):
     """A `datasets.Dataset` in the NLVR2 layout (`sentence`, `left_image`, `right_image`, `label`) with labels 0 (the
     caption belongs to the left image), 1 (to the right image) and 2 (to neither), in equal shares. `pairs`: rows with
     `image`, `caption`, `image_id` (and, for exact negatives, `scene` / `caption_facts`)."""
-    import datasets
-
-    from sisc_train.synthetic.shapes import caption_matches
-
     if len(pairs) < 3:
         raise ValueError(f"the text-assignment step needs at least 3 image-caption rows, got {len(pairs)}")
     # plain lists: indexing a lazy datasets Column queries the Arrow table on every access
@@ -172,36 +168,60 @@ def text_assignment_source(ta_args: TextAssignmentArguments, nlvr_dataset: str) 
     return None
 
 
-def run_text_assignment(model, processor, args, ta_args: TextAssignmentArguments, source: str) -> dict:
+class TextAssignmentTask(Task):
+    """ALBEF's text-assignment step before NLVR fine-tuning: a caption and two images -> the first, the second or
+    neither. Trains the NLVR model in place (through `TextAssignmentModel`); its checkpoints and results go to
+    `<NLVR output_dir>/text_assignment`, the model itself is saved by the NLVR run that follows."""
+
+    name = "text-assignment"
+    publishes = False
+
+    def __init__(self, model, processor, args: TrainingArguments, source: str, num_examples: int, cache_dir: str):
+        super().__init__(args)
+        self.model, self.processor, self.source = model, processor, source
+        self.num_examples, self.cache_dir = num_examples, cache_dir
+        self.held_out = None
+
+    def settings(self) -> dict:
+        return {"text_assignment_data": self.source, "text_assignment_examples": self.num_examples}
+
+    def load_data(self, accelerator):
+        pairs = caption_pairs(self.source, self.cache_dir)
+        # every 20th image is held out: the accuracy after the step is measured on images it did not train on
+        held_out_image = [image_id % 20 == 0 for image_id in list(pairs["image_id"])]
+        train_pairs = pairs.select([i for i, held in enumerate(held_out_image) if not held])
+        held_out_pairs = pairs.select([i for i, held in enumerate(held_out_image) if held])
+        self.train_rows = text_assignment_rows(train_pairs, self.num_examples, seed=self.args.seed)
+        if len(set(held_out_pairs["image_id"])) >= 3:
+            self.held_out = text_assignment_rows(held_out_pairs, min(300, 3 * len(held_out_pairs)), seed=self.args.seed)
+        else:
+            accelerator.print("[text-assignment] fewer than 60 images: no held-out accuracy")
+        return self.train_rows, TextAssignmentCollator(self.processor)
+
+    def build_model(self, total_steps: int, accelerator) -> TextAssignmentModel:
+        return TextAssignmentModel(self.model)
+
+    def has_validation(self) -> bool:
+        return self.held_out is not None
+
+    def validate(self, wrapper) -> dict:
+        return {"accuracy": text_assignment_accuracy(wrapper, self.processor, self.held_out, self.args.eval_batch_size)}
+
+
+def run_text_assignment(model, processor, args: TrainingArguments, ta_args: TextAssignmentArguments, source: str,
+                        cache_dir: str) -> dict:
     """Train `model` (in place) on the TA task over the captions of `source`; returns the step's summary (steps,
     seconds, held-out TA accuracy)."""
-    from dataclasses import replace
-
-    from sisc_train.loop.trainer import fine_tune
-
-    pairs = caption_pairs(source, args.data_cache_dir)
-    # every 20th image is held out: the accuracy after the step is measured on images it did not train on
-    held_out_image = [image_id % 20 == 0 for image_id in list(pairs["image_id"])]
-    train_pairs = pairs.select([i for i, held in enumerate(held_out_image) if not held])
-    held_out_pairs = pairs.select([i for i, held in enumerate(held_out_image) if held])
-    train_rows = text_assignment_rows(train_pairs, ta_args.text_assignment_examples, seed=args.seed)
-    held_out = None
-    if len(set(held_out_pairs["image_id"])) >= 3:
-        held_out = text_assignment_rows(held_out_pairs, min(300, 3 * len(held_out_pairs)), seed=args.seed)
-    else:
-        print("[text-assignment] fewer than 60 images: no held-out accuracy", flush=True)
-    wrapper = TextAssignmentModel(model)
     ta_training = replace(
         args,
+        output_dir=os.path.join(args.output_dir, "text_assignment"),
         num_epochs=ta_args.text_assignment_epochs,
         learning_rate=ta_args.text_assignment_learning_rate or args.learning_rate,
         max_steps=None,
+        metric_for_best_model="accuracy",
+        push_to_hub=None,
     )
-    result = fine_tune(
-        wrapper, train_rows, TextAssignmentCollator(processor), ta_training,
-        validate=(lambda w: {"accuracy": text_assignment_accuracy(w, processor, held_out, args.eval_batch_size)})
-        if held_out is not None else None,
-        metric="accuracy", log_prefix="text-assignment",
-    )
-    result.pop("model"), result.pop("accelerator")
-    return {**result, "examples": len(train_rows), "data": source}
+    task = TextAssignmentTask(model, processor, ta_training, source, ta_args.text_assignment_examples, cache_dir)
+    result = train(task, ta_training)
+    result.pop("model")
+    return {**result, "examples": len(task.train_rows), "data": source}

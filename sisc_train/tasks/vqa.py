@@ -26,21 +26,13 @@ from dataclasses import dataclass, field
 
 
 import torch
-from accelerate.utils import set_seed
-from transformers import HfArgumentParser
-
 from modeling_sisc import SiscForQuestionAnswering
 from sisc_train.data.images import decode_image
 from sisc_train.evaluation.vqa import COLUMNS, evaluate_vqa, majority_baselines
-from sisc_train.loop.trainer import (
-    TaskTrainingArguments,
-    check_common_args,
-    fine_tune,
-    limit,
-    load_processor,
-    load_task_data,
-    save_and_report,
-)
+from sisc_train.data.tasks import TaskDataArguments, limit, load_processor, load_task_data
+from sisc_train.loop.arguments import TrainingArguments, parse_args
+from sisc_train.loop.trainer import Task, train
+from sisc_train.tasks.common import check_task_args, save_task_card
 from sisc_train.evaluation.vqa_metrics import normalize_answer, soft_targets
 
 
@@ -98,72 +90,99 @@ def valid_rows(split, answers: list[str]) -> list[int]:
     return [i for i, row in enumerate(split[COLUMNS["answers"]]) if soft_targets(row, index)]
 
 
-def main(argv=None) -> dict:
-    parser = HfArgumentParser((TaskTrainingArguments, VqaArguments))
-    parser.set_defaults(output_dir="outputs/sisc-small-vqa", validation_split="validation", num_epochs=2)
-    args, vqa_args = parser.parse_args_into_dataclasses(args=argv)
-    check_common_args(args, "finetune_vqa.py")
-    processor = load_processor(args.model_name_or_path)
-    data = load_task_data("vqa", args.dataset, args.data_cache_dir, args.shapes_num_train)
-    train_split = limit(data[args.train_split], args.max_train_samples)
-    answers = build_answer_list(train_split, vqa_args)
-    keep = valid_rows(train_split, answers)
-    skipped = len(train_split) - len(keep)
-    if skipped:
-        print(f"[vqa] skipping {skipped} training questions with no answer in the {len(answers)}-answer list", flush=True)
-    if not keep:
-        raise ValueError("no training question has an answer in the answer list")
-    train_rows = train_split.select(keep)
+@dataclass
+class VqaTrainingArguments(TrainingArguments):
+    output_dir: str = "outputs/sisc-small-vqa"
+    num_epochs: int = 2
+    vision_learning_rate_factor: float = field(
+        default=0.25, metadata={"help": "The image encoder's learning rate relative to --learning_rate (default lr / 4, as in ALBEF's VQA)."}
+    )
+    metric_for_best_model: str = field(default="vqa_accuracy", metadata={"help": "Validation metric that picks the kept model."})
 
-    overrides = {"vqa_head": vqa_args.vqa_head, "vqa_answers": answers}
-    if vqa_args.k_test is not None:
-        overrides["vqa_k_test"] = vqa_args.k_test
-    set_seed(args.seed)  # the new heads' initialisation is part of the run
-    model = SiscForQuestionAnswering.from_pretrained(args.model_name_or_path, **overrides)
-    tokens = model.tokenize_answer_list(processor.tokenizer) if vqa_args.vqa_head == "generate" else None
-    if tokens is not None:
-        tokens = {k: v.cpu() for k, v in tokens.items()}
-    collate = VqaCollator(processor, answers, vqa_args.vqa_head, tokens)
 
-    validation = limit(data[args.validation_split], args.max_eval_samples) if args.validation_split else None
-    validate = None
-    if validation is not None:
-        def validate(m):
-            return evaluate_vqa(m, processor, validation, args.eval_batch_size, official=vqa_args.official_score)
+class VqaTask(Task):
+    name = "vqa"
 
-    result = fine_tune(model, train_rows, collate, args, validate=validate, metric="vqa_accuracy", log_prefix="vqa")
-    model, accelerator = result.pop("model"), result.pop("accelerator")
-    summary = {**result, "num_answers": len(answers), "skipped_no_valid_answer": skipped, "train_questions": len(train_rows)}
-    test_metrics, baselines = None, None
-    if args.eval_split and accelerator.is_main_process:
-        test = limit(data[args.eval_split], args.max_eval_samples)
-        os.makedirs(args.output_dir, exist_ok=True)
-        predictions_file = os.path.join(args.output_dir, f"predictions_{args.eval_split}.json")
-        test_metrics = evaluate_vqa(model, processor, test, args.eval_batch_size, official=vqa_args.official_score,
-                                    output_file=predictions_file)
-        baselines = majority_baselines(train_split, test, vqa_args.official_score)
-        summary.update(eval_split=args.eval_split, metrics=test_metrics, baselines=baselines)
-        print(f"[vqa] {args.eval_split}: VQA accuracy {test_metrics['vqa_accuracy']:.2f} "
+    def __init__(self, data_args: TaskDataArguments, vqa_args: VqaArguments, args: VqaTrainingArguments):
+        super().__init__(args)
+        self.data_args, self.vqa_args = data_args, vqa_args
+        check_task_args(data_args, args, "finetune_vqa.py")
+
+    def settings(self) -> dict:
+        return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
+                "vqa_head": self.vqa_args.vqa_head, "max_train_samples": self.data_args.max_train_samples}
+
+    def load_data(self, accelerator):
+        data_args = self.data_args
+        self.processor = load_processor(data_args.model_name_or_path)
+        self.data = load_task_data("vqa", data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train)
+        self.train_split = limit(self.data[data_args.train_split], data_args.max_train_samples)
+        self.answers = build_answer_list(self.train_split, self.vqa_args)
+        keep = valid_rows(self.train_split, self.answers)
+        self.skipped = len(self.train_split) - len(keep)
+        if self.skipped:
+            accelerator.print(f"[vqa] skipping {self.skipped} training questions with no answer in the {len(self.answers)}-answer list")
+        if not keep:
+            raise ValueError("no training question has an answer in the answer list")
+        self.train_rows = self.train_split.select(keep)
+        self.validation = (limit(self.data[data_args.validation_split], data_args.max_eval_samples)
+                           if data_args.validation_split else None)
+        # the decoder's tokenised answer list comes with the model: build_model hands it to the collator
+        self.collator = VqaCollator(self.processor, self.answers, self.vqa_args.vqa_head)
+        return self.train_rows, self.collator
+
+    def build_model(self, total_steps: int, accelerator) -> SiscForQuestionAnswering:
+        overrides = {"vqa_head": self.vqa_args.vqa_head, "vqa_answers": self.answers}
+        if self.vqa_args.k_test is not None:
+            overrides["vqa_k_test"] = self.vqa_args.k_test
+        model = SiscForQuestionAnswering.from_pretrained(self.data_args.model_name_or_path, **overrides)
+        tokens = model.tokenize_answer_list(self.processor.tokenizer) if self.vqa_args.vqa_head == "generate" else None
+        if tokens is not None:
+            tokens = {k: v.cpu() for k, v in tokens.items()}
+        self.collator.answer_list_tokens = tokens or {}
+        return model
+
+    def has_validation(self) -> bool:
+        return self.validation is not None
+
+    def validate(self, model) -> dict:
+        return evaluate_vqa(model, self.processor, self.validation, self.args.eval_batch_size, official=self.vqa_args.official_score)
+
+    def summary_fields(self) -> dict:
+        return {"num_answers": len(self.answers), "skipped_no_valid_answer": self.skipped, "train_questions": len(self.train_rows)}
+
+    def final_evaluation(self, model, accelerator, summary: dict) -> None:
+        data_args = self.data_args
+        if not data_args.eval_split or not accelerator.is_main_process:
+            return
+        test = limit(self.data[data_args.eval_split], data_args.max_eval_samples)
+        predictions_file = os.path.join(self.args.output_dir, f"predictions_{data_args.eval_split}.json")
+        metrics = evaluate_vqa(model, self.processor, test, self.args.eval_batch_size, official=self.vqa_args.official_score,
+                               output_file=predictions_file)
+        baselines = majority_baselines(self.train_split, test, self.vqa_args.official_score)
+        summary.update(eval_split=data_args.eval_split, metrics=metrics, baselines=baselines)
+        print(f"[vqa] {data_args.eval_split}: VQA accuracy {metrics['vqa_accuracy']:.2f} "
               f"(majority answer {baselines['majority_accuracy']:.2f}"
               + (f", per-question-type prior {baselines['type_prior_accuracy']:.2f}" if "type_prior_accuracy" in baselines else "")
               + f") after {summary['global_step']} steps in {summary['train_seconds']}s", flush=True)
-    if accelerator.is_main_process:
+
+    def write_card(self, model, summary: dict) -> None:
         split_metrics = {}
-        if test_metrics:
-            split_metrics[args.eval_split] = {**test_metrics, "majority_baseline_accuracy": baselines["majority_accuracy"]}
-        if result["validation_history"]:
-            best = max(result["validation_history"], key=lambda h: h["vqa_accuracy"])
-            split_metrics.setdefault(args.validation_split, {"vqa_accuracy": best["vqa_accuracy"]})
+        if summary["metrics"]:
+            split_metrics[self.data_args.eval_split] = {**summary["metrics"], "majority_baseline_accuracy": summary["baselines"]["majority_accuracy"]}
+        if summary["validation_history"]:
+            best = max(summary["validation_history"], key=lambda h: h["vqa_accuracy"])
+            split_metrics.setdefault(self.data_args.validation_split, {"vqa_accuracy": best["vqa_accuracy"]})
         head = ("an answer decoder (BERT decoder with cross-attention to the fused question) whose answers are ranked "
-                f"over a closed list of {len(answers)} answers" if vqa_args.vqa_head == "generate"
-                else f"a classifier over a closed list of {len(answers)} answers")
-        save_and_report(model, processor, args, summary, card_kwargs=dict(
+                f"over a closed list of {len(self.answers)} answers" if self.vqa_args.vqa_head == "generate"
+                else f"a classifier over a closed list of {len(self.answers)} answers")
+        save_task_card(self.args, self.data_args, model, summary, card_kwargs=dict(
             dataset_description=("embedded synthetic VQA questions about coloured-shape scenes (train/shapes_tasks.py)"
-                                 if args.dataset == "shapes" else "VQA v2-layout data"),
-            num_train_pairs=len(train_rows),
+                                 if self.data_args.dataset == "shapes" else "VQA v2-layout data"),
+            num_train_pairs=len(self.train_rows),
             task="visual-question-answering",
             fine_tuned_for="visual question answering",
-            extra_hyperparameters={"vqa_head": vqa_args.vqa_head, "num_answers": len(answers)},
+            extra_hyperparameters={"vqa_head": self.vqa_args.vqa_head, "num_answers": len(self.answers)},
             task_results={
                 "task_type": "visual-question-answering",
                 "task_name": "Visual question answering",
@@ -178,7 +197,7 @@ def main(argv=None) -> dict:
                                            "in percent.",
                     "usage_code": (
                         "from PIL import Image\nfrom transformers import AutoModelForVisualQuestionAnswering, AutoProcessor\n\n"
-                        f"path = {json.dumps(args.output_dir)}\n"
+                        f"path = {json.dumps(self.args.output_dir)}\n"
                         "model = AutoModelForVisualQuestionAnswering.from_pretrained(path, trust_remote_code=True).eval()\n"
                         "processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)\n"
                         "print(model.answer([\"how many circles are there?\"], [Image.open(\"image.png\")], processor))"
@@ -186,6 +205,13 @@ def main(argv=None) -> dict:
                 },
             },
         ))
+
+
+def main(argv=None) -> dict:
+    data_args, vqa_args, args = parse_args((TaskDataArguments, VqaArguments, VqaTrainingArguments), argv)
+    task = VqaTask(data_args, vqa_args, args)
+    summary = train(task, args)
+    summary.pop("model")
     return summary
 
 
