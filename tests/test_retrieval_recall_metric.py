@@ -248,7 +248,8 @@ def test_without_sisc_installed_the_error_says_how_to_install_it(monkeypatch):
     for name in [name for name in sys.modules if name.split(".")[0] == "sisc_train"]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "sisc_train", None)
-    with pytest.raises(ImportError, match=r"needs the SISC package .*pip install -e <repo>.*pip install git\+") as error:
+    expected = r"needs the SISC package .*pip install -e <repo>.*pip install git\+"
+    with pytest.raises(ImportError, match=expected) as error:
         import_the_script("retrieval_recall_without_sisc")
     assert error.value.__cause__.name.startswith("sisc_train")
 
