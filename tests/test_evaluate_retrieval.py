@@ -241,6 +241,27 @@ def test_empty_captions_are_left_out_and_nothing_readable_is_an_error(model_and_
         evaluate_retrieval(model, processor, RetrievalSet(["/nowhere/a.png"], ["a"], [0]), max_bad_fraction=1.0)
 
 
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_accelerate_shares_are_contiguous_and_in_process_order(processes):
+    """What encoding and re-ranking rely on from Accelerate's split_between_processes (no padding): the shares of a
+    list or a tensor, taken in process order, are the items in their order, and differ by at most one item."""
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    for n in range(12):
+        for items in (list(range(n)), torch.arange(n)):
+            shares = []
+            for rank in range(processes):
+                state = SimpleNamespace(num_processes=processes, process_index=rank)
+                with PartialState.split_between_processes(state, items) as share:
+                    assert type(share) is type(items)
+                    shares.append(list(map(int, share)))
+            assert [i for share in shares for i in share] == list(range(n)), (n, processes)
+            sizes = [len(share) for share in shares]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
 def run_cli(args, processes=1, timeout=240):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     command = [sys.executable, WORKER, *args]
@@ -290,6 +311,21 @@ def test_two_processes_agree_on_the_unreadable_images(checkpoint, karpathy_with_
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
     assert one["results"]["skipped"] == two["results"]["skipped"] and one["results"]["skipped"]["images"] == 1
     for mode in ("itc", "itm_top3"):
+        assert one["results"][mode] == pytest.approx(two["results"][mode]), mode
+
+
+def test_fewer_items_than_processes(checkpoint, tmp_path):
+    """One image and one caption on two processes: the second process's shares are empty (it still takes part in
+    every gather, with tensors of the right shape), and the numbers are those of one process."""
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "a.png")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": str(tmp_path / "a.png"), "caption": "a red square"}) + "\n")
+    common = ["--model", str(checkpoint), "--data", str(pairs), "--rerank_k", "1", "--output_json"]
+    run_cli([*common, str(tmp_path / "one.json")])
+    run_cli([*common, str(tmp_path / "two.json")], processes=2)
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert two["num_processes"] == 2 and two["num_images"] == two["num_captions"] == 1
+    for mode in ("itc", "itm_top1"):
         assert one["results"][mode] == pytest.approx(two["results"][mode]), mode
 
 

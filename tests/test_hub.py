@@ -1,4 +1,5 @@
-"""train/hub.py: which files a push uploads, and the push itself against a fake Hub (no network).
+"""sisc_train/publishing/hub.py: which files a push uploads (the ignore patterns given to `HfApi.upload_folder`),
+and the push itself against a fake Hub (no network).
 
 huggingface_hub 2.x sends every request through one shared httpx2 client built by a factory; the tests install a
 factory whose client uses a MockTransport that plays the few Hub endpoints a commit needs, and records everything.
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import constants
-from huggingface_hub.utils import close_session, set_client_factory
+from huggingface_hub import HfApi, constants
+from huggingface_hub.utils import close_session, filter_repo_objects, set_client_factory
 from huggingface_hub.utils._http import default_client_factory
 from safetensors.torch import save_file
 
@@ -24,7 +25,14 @@ try:
 except ImportError:  # older huggingface_hub
     import httpx
 
-from sisc_train.publishing.hub import HubPushError, check_hub_token, files_to_push, main, push_checkpoint
+from sisc_train.publishing.hub import (
+    IGNORE_PATTERNS,
+    HubPushError,
+    check_hub_token,
+    files_to_push,
+    main,
+    push_checkpoint,
+)
 
 ENDPOINT = "https://fake-hub.test"
 REPO = "someone/sisc-tiny"
@@ -155,6 +163,60 @@ def install(hub) -> None:
 def test_files_to_push_skips_training_leftovers(ckpt):
     assert files_to_push(ckpt) == EXPECTED
     assert files_to_push(str(ckpt)) == EXPECTED
+
+
+def excluded_by_the_documented_rule(path: str) -> bool:
+    """The rule of the module docstring, written out by hand (it was the implementation before upload_folder)."""
+    parts = path.split("/")
+    if parts[0] in ("checkpoints", "logs", "best") and len(parts) > 1:
+        return True
+    return any(p.startswith(".") or p == "__pycache__" for p in parts) or parts[-1].endswith(".pyc")
+
+
+@pytest.mark.parametrize("path", [
+    "config.json", "model.safetensors", "diagnostics/weights_step000010.png", "diagnostics/a/b/c.png",
+    "checkpoints/step_10/model.safetensors", "checkpoints/step_10/sub/dir/optimizer.bin", "checkpoints/x",
+    "logs/pretrain/events.out.tfevents.1.host", "best/model.safetensors", "best/a/b.json",
+    "checkpoints", "logs", "best",  # top-level files of those names are not folders: kept
+    "sub/checkpoints/x.bin", "sub/logs/x", "a/b/best/c",  # only the top-level folders are left out
+    "bestiary/x", "checkpoints_old/x", "logs.txt", "my_logs/x",
+    ".hidden", ".gitattributes", ".git/HEAD", ".cache/huggingface/upload.lock", "a/.hidden", "a/b/.c/d", "a/.b/c/d",
+    "a.b/c", "file.with.dots", "x./y",
+    "__pycache__/x.cpython-311.pyc", "__pycache__/x.txt", "diagnostics/__pycache__/y.pyc", "a/b/__pycache__/c",
+    "my__pycache__/x", "__pycache__x/y", "x.pyc", "a/b/x.pyc", "x.pyc.txt", "a/x.pycx",
+])
+def test_ignore_patterns_follow_the_documented_rule(path):
+    """huggingface_hub's filter (fnmatch, `*` crossing "/") with IGNORE_PATTERNS leaves out exactly what the
+    documented rule leaves out, including nested files and names that only look like the excluded ones."""
+    kept = list(filter_repo_objects([path], ignore_patterns=list(IGNORE_PATTERNS)))
+    assert (kept == []) == excluded_by_the_documented_rule(path)
+
+
+def test_push_hands_the_patterns_to_upload_folder(ckpt, monkeypatch):
+    """push_checkpoint uploads through HfApi.upload_folder with IGNORE_PATTERNS and nothing to delete; the files
+    those patterns keep are files_to_push (what --dry-run prints)."""
+    calls = []
+    real_upload_folder = HfApi.upload_folder
+
+    def spy(self, **kwargs):
+        calls.append({name: list(v) if isinstance(v, list) else v for name, v in kwargs.items()})  # as given
+        return real_upload_folder(self, **kwargs)
+
+    monkeypatch.setattr(HfApi, "upload_folder", spy)
+    hub = FakeHub()
+    install(hub)
+    push_checkpoint(ckpt, REPO, commit_message="m", revision="step-10")
+    push_checkpoint(ckpt, REPO)
+    assert len(calls) == 2 and len(hub.commits) == 2
+    assert hub.unexpected == []
+    for call in calls:
+        assert call["ignore_patterns"] == list(IGNORE_PATTERNS)
+        assert call.get("delete_patterns") is None and call.get("allow_patterns") is None
+        assert Path(call["folder_path"]) == ckpt.resolve() and call["repo_id"] == REPO
+    assert (calls[0]["commit_message"], calls[0]["revision"]) == ("m", "step-10")
+    everything = [p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()]
+    assert sorted(filter_repo_objects(everything, ignore_patterns=calls[0]["ignore_patterns"])) == EXPECTED
+    assert [sorted(commit["files"]) for commit in hub.commits] == [EXPECTED, EXPECTED]
 
 
 def test_files_to_push_rejects_a_folder_that_is_not_a_checkpoint(tmp_path, ckpt):
@@ -292,6 +354,17 @@ def test_module_runs_as_script(ckpt):
                           check=False, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:len(EXPECTED)] == EXPECTED
+
+
+def test_train_hub_entry_point_exit_status(ckpt, tmp_path):
+    """`python -m train.hub` (the command the README gives): 0 for a dry run, 1 when the folder is no checkpoint."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for folder, status in ((ckpt, 0), (tmp_path / "missing", 1)):
+        proc = subprocess.run([sys.executable, "-m", "train.hub", str(folder), REPO, "--dry-run"],
+                              check=False, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == status, proc.stderr
+    assert "not a directory" in proc.stderr
 
 
 # ---- the trainers' --push_to_hub -------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""The `evaluate` metric module metrics/retrieval_recall: loading (any cwd, offline), hand-worked values, batching,
-agreement with sisc_train.evaluation.retrieval_metrics, and input errors."""
+"""The `evaluate` metric module metrics/retrieval_recall: loading (any cwd, offline, fresh process), hand-worked
+values, batching, agreement with sisc_train.evaluation.retrieval_metrics (which it imports from the installed SISC),
+the error without SISC, and input errors."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +18,7 @@ import evaluate
 import numpy as np
 import pytest
 
+import sisc_train.evaluation.retrieval_metrics as implementation
 from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,8 +223,9 @@ def test_info_and_implementation(metric):
     assert "Cross-Modal Similarity Regulation" in metric.citation and "@inproceedings" in metric.citation
     assert "references" in metric.inputs_description and "tr_no_caption" in metric.inputs_description
     module = sys.modules[type(metric).__module__]
-    # the wrapper uses this checkout's implementation, not a copy
-    assert Path(module.implementation.__file__).resolve() == ROOT / "train" / "retrieval_metrics.py"
+    # the wrapper calls the installed package's function (imported the usual way), not a copy
+    assert module.retrieval_metrics is retrieval_metrics
+    assert Path(implementation.__file__).resolve() == ROOT / "sisc_train" / "evaluation" / "retrieval_metrics.py"
 
 
 def test_load_from_another_cwd_with_the_script_path(monkeypatch, tmp_path):
@@ -231,37 +235,56 @@ def test_load_from_another_cwd_with_the_script_path(monkeypatch, tmp_path):
     assert m["tr_r1"] == pytest.approx(100 / 3) and m["ir_r1"] == pytest.approx(50.0)
 
 
-def test_fresh_process_without_repo_on_sys_path(tmp_path):
-    """A fresh interpreter, another cwd, an empty modules cache and no repo root on sys.path: evaluate imports its
-    cached copy of the script, which must find train/retrieval_metrics.py through evaluate's record. A wrong
-    SISC_REPO_ROOT must fail with an ImportError that says what to do."""
+def import_the_script(name: str):
+    """Executes metrics/retrieval_recall/retrieval_recall.py as a new module (as evaluate does with its copy)."""
+    spec = importlib.util.spec_from_file_location(name, METRIC_DIR / "retrieval_recall.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_sisc_installed_the_error_says_how_to_install_it(monkeypatch):
+    # no sisc_train module imported, and `None` in sys.modules: importing it fails as if it were not installed
+    for name in [name for name in sys.modules if name.split(".")[0] == "sisc_train"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "sisc_train", None)
+    expected = r"needs the SISC package .*pip install -e <repo>.*pip install git\+"
+    with pytest.raises(ImportError, match=expected) as error:
+        import_the_script("retrieval_recall_without_sisc")
+    assert error.value.__cause__.name.startswith("sisc_train")
+
+
+def test_a_missing_dependency_of_sisc_is_not_reported_as_sisc_missing(monkeypatch):
+    monkeypatch.delitem(sys.modules, "sisc_train.evaluation.retrieval_metrics")
+    monkeypatch.setitem(sys.modules, "torch", None)  # retrieval_metrics imports torch
+    with pytest.raises(ImportError) as error:
+        import_the_script("retrieval_recall_without_torch")
+    assert error.value.name == "torch" and "SISC" not in str(error.value)
+
+
+def test_fresh_process_from_another_cwd(tmp_path):
+    """A fresh interpreter, another cwd and an empty modules cache: evaluate imports its cached copy of the script,
+    which imports the installed sisc_train (the environment is the tests' own: SISC installed, this checkout first)."""
     script = textwrap.dedent(
         """
-        import json, os, sys
+        import json, sys
         import evaluate
 
         root = sys.argv[1]
-        os.environ["SISC_REPO_ROOT"] = os.getcwd()  # no train/ here
-        try:
-            evaluate.load(os.path.join(root, "metrics", "retrieval_recall"))
-            wrong_root_error = None
-        except ImportError as error:
-            wrong_root_error = str(error)
-        del os.environ["SISC_REPO_ROOT"]
-
         loaded = []
         for path in ("metrics/retrieval_recall", "metrics/retrieval_recall/retrieval_recall.py"):
-            metric = evaluate.load(os.path.join(root, path))
+            metric = evaluate.load(root + "/" + path)
             module = sys.modules[type(metric).__module__]
             result = metric.compute(
                 predictions=[[0.9, 0.1], [0.8, 0.3], [0.5, 0.6]], references=[[0], [1], []], ks=(1,)
             )
-            loaded.append({"script": module.__file__, "implementation": module.implementation.__file__, **result})
-        print(json.dumps({"wrong_root_error": wrong_root_error, "train_on_path": "train" in sys.modules,
-                          "loaded": loaded}))
+            implementation = sys.modules["sisc_train.evaluation.retrieval_metrics"]
+            assert module.retrieval_metrics is implementation.retrieval_metrics
+            loaded.append({"script": module.__file__, "implementation": implementation.__file__, **result})
+        print(json.dumps(loaded))
         """
     )
-    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "SISC_REPO_ROOT")}
+    env = dict(os.environ)
     env |= {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
     env["HF_HOME"] = str(tmp_path / "hf_home")  # the evaluate data cache too
     done = subprocess.run(
@@ -275,40 +298,8 @@ def test_fresh_process_without_repo_on_sys_path(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-
-    assert "SISC_REPO_ROOT" in report["wrong_root_error"] and "train/retrieval_metrics.py" in report["wrong_root_error"]
-    assert not report["train_on_path"]  # found by file path, not by importing a `train` package
-    for loaded in report["loaded"]:
+    assert len(report) == 2
+    for loaded in report:
         assert Path(loaded["script"]).is_relative_to(tmp_path / "modules")  # the cached copy was imported
-        assert Path(loaded["implementation"]) == ROOT / "train" / "retrieval_metrics.py"
+        assert Path(loaded["implementation"]).resolve() == Path(implementation.__file__).resolve()
         assert loaded["tr_r1"] == 50.0 and loaded["tr_no_caption"] == 1 and loaded["ir_r1"] == 50.0
-
-
-def test_second_checkout_sharing_the_modules_cache_uses_its_own_implementation(tmp_path):
-    """Two checkouts with the same script share one cached copy, whose record names the first checkout loaded: the
-    second one must still use its own train/retrieval_metrics.py (the path given to evaluate.load decides)."""
-    import shutil
-
-    other = tmp_path / "other_checkout"
-    shutil.copytree(METRIC_DIR, other / "metrics" / "retrieval_recall")
-    (other / "train").mkdir()
-    shutil.copy(ROOT / "train" / "retrieval_metrics.py", other / "train" / "retrieval_metrics.py")
-    script = textwrap.dedent(
-        """
-        import sys
-        import evaluate
-
-        metric = evaluate.load(sys.argv[1])
-        print(sys.modules[type(metric).__module__].implementation.__file__)
-        """
-    )
-    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "SISC_REPO_ROOT")}
-    env |= {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HOME": str(tmp_path / "hf_home"),
-            "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1"}
-    used = []
-    for checkout in (other, ROOT):  # the other checkout fills the shared cache first
-        done = subprocess.run([sys.executable, "-c", script, str(checkout / "metrics" / "retrieval_recall")],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
-        used.append(Path(done.stdout.strip().splitlines()[-1]).resolve())
-    assert used == [(other / "train" / "retrieval_metrics.py").resolve(), ROOT / "train" / "retrieval_metrics.py"]

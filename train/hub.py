@@ -5,7 +5,9 @@
 Entry point only: the code is `sisc_train.publishing.hub` (see its docstring, or `--help`).
 """
 
+import sys
+
 from sisc_train.publishing.hub import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())  # the exit status says whether the push (or dry run) worked

@@ -1,104 +1,28 @@
 """`evaluate` metric module: image-text retrieval R@K (TR / IR), R@K-any and mAP@R of a similarity matrix.
 
-A thin wrapper: the ranking code exists once, in the SISC repository's ``train/retrieval_metrics.py``.
-
-How the implementation is found (and why): ``evaluate.load`` copies this script into its modules cache
-(``$HF_MODULES_CACHE/evaluate_modules/metrics/retrieval_recall/<hash>/``) and imports the copy from there, so
-neither ``from sisc_train.evaluation.retrieval_metrics import ...`` (needs the repo root on ``sys.path``) nor a relative import
-(evaluate copies only ``.py`` files lying next to the script, which would mean duplicating the code) reaches the
-implementation. Instead, at import time, the repository root is taken from, in this order:
-
-1. the ``SISC_REPO_ROOT`` environment variable, when set (explicit: nothing else is tried);
-2. this file's own location, when it is imported in place (``<root>/metrics/retrieval_recall/``);
-3. the ``path`` given to the ``evaluate.load`` call that is importing this copy (found on the call stack): the
-   checkout the user asked for, even when another checkout with the same script filled the cache first;
-4. the original script path that evaluate records next to its cached copy (``retrieval_recall.json``).
-
-``<root>/train/retrieval_metrics.py`` is then loaded by file path (nothing is added to ``sys.path``, so an unrelated
-``train`` package cannot shadow it). The cache copy is keyed by this script's content only: when two checkouts hold
-the same script, the record names the one loaded first, which is why the caller's path (3) comes before it.
+A thin wrapper: the ranking code exists once, in the SISC package (``sisc_train.evaluation.retrieval_metrics``),
+which this module imports. SISC must therefore be installed where the metric is used: ``pip install -e <repo>`` in a
+checkout (``scripts/setup_env.sh`` does it) or ``pip install git+<URL of the SISC repository>``. ``evaluate.load``
+imports a cached copy of this script, so the import goes through the installed package, never through this file's
+location.
 """
-
-import importlib.util
-import json
-import os
-import sys
-from pathlib import Path
 
 import datasets
 import evaluate
 import numpy as np
 
-REPO_ROOT_ENV = "SISC_REPO_ROOT"
-IMPLEMENTATION = Path("train", "retrieval_metrics.py")
-# evaluate's modules cache writes {"original file path": ..., "local file path": ...} to <script name>.json
-EVALUATE_RECORD_KEY = "original file path"
-
-
-def _root_of(script: Path) -> Path:
-    """<root> of <root>/metrics/retrieval_recall/retrieval_recall.py."""
-    return script.parents[2] if len(script.parents) > 2 else script.parent
-
-
-def _candidate_roots():
-    """(source, repository root) pairs to try, best first; see the module docstring."""
-    explicit = os.environ.get(REPO_ROOT_ENV)
-    if explicit:
-        return [(f"${REPO_ROOT_ENV}", Path(explicit).expanduser())]
-    here = Path(__file__).resolve()
-    candidates = [("this script's location", _root_of(here))]
-    requested = _path_given_to_evaluate_load()
-    if requested is not None:
-        script = requested if requested.suffix == ".py" else requested / here.name
-        candidates.append(("the path given to evaluate.load", _root_of(script)))
-    record = here.with_suffix(".json")
-    try:
-        original = json.loads(record.read_text(encoding="utf-8")).get(EVALUATE_RECORD_KEY)
-    except (OSError, ValueError):
-        original = None
-    if original:
-        candidates.append((f"evaluate's record {record}", _root_of(Path(original).resolve())))
-    return candidates
-
-
-def _path_given_to_evaluate_load():
-    """The `path` argument of the `evaluate.load` call importing this module, when it names a local path."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "load" and frame.f_globals.get("__name__") == "evaluate.loading":
-            path = frame.f_locals.get("path")
-            if isinstance(path, (str, os.PathLike)) and os.path.exists(path):
-                return Path(path).resolve()
-            return None
-        frame = frame.f_back
-    return None
-
-
-def _load_implementation():
-    """train/retrieval_metrics.py of the first candidate root that has it, loaded by file path."""
-    tried = []
-    for source, root in _candidate_roots():
-        path = (root / IMPLEMENTATION).resolve()
-        if path.is_file():
-            break
-        tried.append(f"{path} (from {source})")
-    else:
-        raise ImportError(
-            "retrieval_recall wraps train/retrieval_metrics.py of the SISC repository and could not find it; "
-            f"tried: {'; '.join(tried)}. Load the metric from a SISC checkout "
-            f"(evaluate.load('<repo>/metrics/retrieval_recall')) or set {REPO_ROOT_ENV} to the repository root."
-        )
-    already_imported = sys.modules.get("sisc_train.evaluation.retrieval_metrics")
-    if already_imported is not None and Path(already_imported.__file__).resolve() == path:
-        return already_imported  # the very same file, imported the usual way: reuse it
-    spec = importlib.util.spec_from_file_location("sisc_retrieval_metrics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-implementation = _load_implementation()  # implementation.__file__ tells which checkout is used
-retrieval_metrics = implementation.retrieval_metrics
+# Indented on purpose: evaluate checks the top-level imports of a metric script itself, and its message would only
+# name the package; this one says how to install SISC.
+try:
+    from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
+except ImportError as error:
+    if error.name not in ("sisc_train", "sisc_train.evaluation", "sisc_train.evaluation.retrieval_metrics"):
+        raise  # SISC is installed, but something it imports is not: that error says what
+    raise ImportError(
+        "the retrieval_recall metric needs the SISC package (sisc_train), which is not installed in this Python "
+        "environment: run `pip install -e <repo>` in a SISC checkout (scripts/setup_env.sh does it), or "
+        "`pip install git+<URL of the SISC repository>`"
+    ) from error
 
 _DESCRIPTION = """\
 Image-text retrieval metrics of a similarity matrix, as reported in the SRCL paper (ALBEF protocol).
@@ -161,7 +85,7 @@ Examples:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class RetrievalRecall(evaluate.Metric):
-    """Image-text retrieval R@K / R@K-any / mAP@R; see the module docstring for how the implementation is found."""
+    """Image-text retrieval R@K / R@K-any / mAP@R, computed by sisc_train.evaluation.retrieval_metrics."""
 
     def _info(self):
         return evaluate.MetricInfo(

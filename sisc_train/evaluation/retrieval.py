@@ -12,7 +12,8 @@ to "test"; a data file has no splits and is evaluated whole, and a split the dat
 it has. The image and caption columns are found by their usual names unless `--image_column` / `--caption_column`.
 
 Every image and caption is encoded once, in batches, in inference mode; with several processes each encodes a
-contiguous shard and the shards are gathered, so the numbers are those of one process. Bad items are skipped and
+contiguous share (Accelerate's `split_between_processes`) and the shares are gathered in process order
+(`gather_object`), so the numbers are those of one process. Bad items are skipped and
 counted as in training: an image that cannot be decoded is left out together with its captions, and so is an empty
 caption; the metrics are those of the readable items, `results["skipped"]` says what was left out, and more than
 `--max_bad_fraction` of the (image, caption) pairs left out is an error. Re-ranking scores each
@@ -26,15 +27,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from accelerate import Accelerator
@@ -152,23 +154,27 @@ def shapes_retrieval_set(split_dataset, description: str) -> RetrievalSet:
 # encoding
 
 
-def _shard(n: int, accelerator) -> range:
-    """This process's contiguous share of n items (all of them without an Accelerator)."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return range(n)
-    per = math.ceil(n / accelerator.num_processes)
-    start = min(n, accelerator.process_index * per)
-    return range(start, min(n, start + per))
+def _split(items, accelerator):
+    """Context manager giving this process's contiguous share of `items` (a list or a tensor; all of them without an
+    Accelerator): Accelerate's `split_between_processes`, without padding. Shares are in process order and differ by
+    at most one item (the first `len(items) % num_processes` processes get one more), so `_gather` of per-item
+    results puts them back in the order of `items`. (A `range` would not be split: pass a list or a tensor.)"""
+    return nullcontext(items) if accelerator is None else accelerator.split_between_processes(items)
 
 
 def _gather(value, accelerator):
-    """Every process's `value` (a list or tensor), concatenated in process order, on every process."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import gather_object
+    """Every process's `value` (a list, or a CPU tensor split along its first dimension), concatenated in process
+    order, on every process.
 
-    parts = gather_object([value])
-    return torch.cat(parts) if isinstance(value, torch.Tensor) else [x for part in parts for x in part]
+    Accelerate's `gather_object` (all_gather_object), which takes shares of different lengths. Not
+    `gather_for_metrics`: its tensor path (`gather`) needs equal-size shares (padding, then trimming), and while a
+    prepared dataloader is at its last batch (an evaluation run from inside a training loop) it cuts what it gathers
+    down to that dataloader's remainder, which would silently drop items here."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return value  # as is: no copy of large hidden states
+    if isinstance(value, torch.Tensor):
+        return torch.cat(gather_object([value]))  # one tensor per process
+    return gather_object(value)  # the processes' lists, concatenated
 
 
 @dataclass
@@ -194,22 +200,23 @@ def encode_images(model, processor, images, batch_size=128, *, keep_hidden=False
     indices are gathered, so every process knows the same kept images."""
     device = model.device
     embeds, hidden, bad = [], [], {}
-    indices = _shard(len(images), accelerator)
     show = accelerator is None or accelerator.is_local_main_process
-    for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not show or len(indices) <= batch_size):
-        batch = []
-        for i in indices[start : start + batch_size]:
-            try:
-                batch.append(decode_image(images[i]))
-            except Exception as error:  # any unreadable image is skipped, as the training collator does
-                bad[i] = f"bad image ({type(error).__name__})"
-        if not batch:
-            continue
-        pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device, model.dtype)
-        outputs, embedding = model.encode_image(pixels)
-        embeds.append(embedding.float().cpu())
-        if keep_hidden:
-            hidden.append(outputs.last_hidden_state.cpu())
+    with _split(list(range(len(images))), accelerator) as indices:  # indices into `images`, for the bad ones
+        show = show and len(indices) > batch_size
+        for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not show):
+            batch = []
+            for i in indices[start : start + batch_size]:
+                try:
+                    batch.append(decode_image(images[i]))
+                except Exception as error:  # any unreadable image is skipped, as the training collator does
+                    bad[i] = f"bad image ({type(error).__name__})"
+            if not batch:
+                continue
+            pixels = processor(images=batch, return_tensors="pt")["pixel_values"].to(device, model.dtype)
+            outputs, embedding = model.encode_image(pixels)
+            embeds.append(embedding.float().cpu())
+            if keep_hidden:
+                hidden.append(outputs.last_hidden_state.cpu())
     embeds = torch.cat(embeds) if embeds else torch.empty(0, model.config.embed_dim)
     if keep_hidden and not hidden:  # a shard without readable images still has the hidden states' shape
         size = model.config.vision_config.image_size // model.config.vision_config.patch_size
@@ -227,15 +234,19 @@ def encode_texts(model, processor, texts, batch_size=256, *, keep_hidden=False, 
     tokens = processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
     input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
     embeds, hidden = [], []
-    indices = _shard(len(texts), accelerator)
     show = accelerator is None or accelerator.is_local_main_process
-    for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not show or len(indices) <= batch_size):
-        rows = slice(indices.start + start, min(indices.stop, indices.start + start + batch_size))
-        outputs, embedding = model.encode_text(input_ids[rows].to(device), attention_mask[rows].to(device))
-        embeds.append(embedding.float().cpu())
-        if keep_hidden:
-            hidden.append(outputs.last_hidden_state.cpu())
+    # both tensors have one row per caption, so they are split alike
+    with _split(input_ids, accelerator) as ids, _split(attention_mask, accelerator) as mask:
+        show = show and len(ids) > batch_size
+        for start in tqdm(range(0, len(ids), batch_size), desc=desc, disable=not show):
+            rows = slice(start, start + batch_size)
+            outputs, embedding = model.encode_text(ids[rows].to(device), mask[rows].to(device))
+            embeds.append(embedding.float().cpu())
+            if keep_hidden:
+                hidden.append(outputs.last_hidden_state.cpu())
     embeds = torch.cat(embeds) if embeds else torch.empty(0, model.config.embed_dim)
+    if keep_hidden and not hidden:  # a share without captions (fewer captions than processes) still has the shape
+        hidden = [torch.empty(0, input_ids.shape[1], model.config.text_config.hidden_size, dtype=model.dtype)]
     hidden = torch.cat(hidden) if hidden else None
     return _gather(embeds, accelerator), (_gather(hidden, accelerator) if keep_hidden else None), attention_mask
 
@@ -335,22 +346,22 @@ def itm_rerank(model, encoded: EncodedSet, itc_similarity: torch.Tensor, k: int,
     k = min(k, n_candidates)
     top_index = scores.topk(k, dim=1).indices  # (queries, k)
     device = model.device
-    queries = _shard(n_queries, accelerator)
     per_batch = max(1, batch_size // k)
     itm = []
     show = accelerator is None or accelerator.is_local_main_process
     desc = f"ITM re-rank top-{k} ({'image' if image_queries else 'text'} queries)"
-    for start in tqdm(range(queries.start, queries.stop, per_batch), desc=desc, disable=not show):
-        query = torch.arange(start, min(queries.stop, start + per_batch))
-        candidate = top_index[query].reshape(-1)
-        query = query.repeat_interleave(k)
-        image_index, text_index = (query, candidate) if image_queries else (candidate, query)
-        logits = model.get_itm_logits(
-            attention_mask=encoded.text_mask[text_index].to(device),
-            text_hidden_states=encoded.text_hidden[text_index].to(device),
-            image_hidden_states=encoded.image_hidden[image_index].to(device),
-        )
-        itm.append((logits[:, 1] - logits[:, 0]).float().cpu().view(-1, k))
+    with _split(torch.arange(n_queries), accelerator) as queries:
+        for start in tqdm(range(0, len(queries), per_batch), desc=desc, disable=not show):
+            query = queries[start : start + per_batch]
+            candidate = top_index[query].reshape(-1)
+            query = query.repeat_interleave(k)
+            image_index, text_index = (query, candidate) if image_queries else (candidate, query)
+            logits = model.get_itm_logits(
+                attention_mask=encoded.text_mask[text_index].to(device),
+                text_hidden_states=encoded.text_hidden[text_index].to(device),
+                image_hidden_states=encoded.image_hidden[image_index].to(device),
+            )
+            itm.append((logits[:, 1] - logits[:, 0]).float().cpu().view(-1, k))
     itm = _gather(torch.cat(itm) if itm else torch.empty(0, k), accelerator)
     # everything outside the top k keeps its ITC order, strictly below the lowest ITM score. The order is carried by
     # integer ranks, not by shifted ITC scores: shifting by a constant rounds nearly equal scores together or apart

@@ -1,30 +1,36 @@
-"""Push a finished checkpoint folder to the Hugging Face Hub, in one commit.
+"""Push a finished checkpoint folder to the Hugging Face Hub with `HfApi.upload_folder`.
 
 Trainers call `push_checkpoint` on the main process *after* the folder is saved locally, so a failed push never
 loses work: every `HubPushError` says where the checkpoint is and how to retry from the command line:
 
     python -m sisc_train.publishing.hub OUTPUT_DIR user/sisc-base [--private] [--dry-run]
 
-What is uploaded (`files_to_push`): every file of the folder except training-only leftovers:
+What is uploaded: every file of the folder except training-only leftovers, which `IGNORE_PATTERNS` (the
+`ignore_patterns` given to `upload_folder`) leaves out:
 - top-level `checkpoints/` (accelerate `save_state`: optimizer/RNG state, large and useless for inference),
   `logs/` (tracker event files) and `best/` (a keep-best copy would be a second full model in the same repo;
   to publish it, push that folder itself);
 - anywhere: hidden files/folders (`.git`, `.cache`, ...), `__pycache__/` and `*.pyc`.
 `diagnostics/` (weight heat maps/histograms) is kept: the plots are useful on the model page.
+`files_to_push` (what `--dry-run` prints) lists the same files with huggingface_hub's own pattern filter
+(`filter_repo_objects`), so the dry run and the upload agree. Nothing already on the Hub is deleted.
+
+A checkpoint is uploaded in one commit. (With `hf_xet` installed, huggingface_hub splits the upload of a very
+large folder into several commits, "... (part 2)" etc.: more than ~256 files, or more than 100 MB of small
+non-LFS files; a saved SISC checkpoint is far below both.)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
 try:  # huggingface_hub 2.x talks through `httpx2`; older releases through `httpx`
     import httpx2 as _httpx
@@ -34,6 +40,21 @@ except ImportError:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 EXCLUDED_TOP_DIRS = ("checkpoints", "logs", "best")
+# huggingface_hub's patterns are `fnmatch` patterns matched against the whole path relative to the folder, and `*`
+# also matches "/": "checkpoints/*" is every file under the top-level checkpoints/ at any depth (but neither a
+# nested "x/checkpoints/" nor a top-level file named "checkpoints"); ".*" is a hidden top-level file or anything in
+# a hidden top-level folder, "*/.*" the same one or more levels down. (upload_folder adds its own `.git` and
+# `.cache/huggingface` patterns, which these already cover.)
+IGNORE_PATTERNS = (
+    *(f"{name}/*" for name in EXCLUDED_TOP_DIRS),
+    ".*",
+    "*/.*",
+    "__pycache__",
+    "__pycache__/*",
+    "*/__pycache__",
+    "*/__pycache__/*",
+    "*.pyc",
+)
 NO_TOKEN_MESSAGE = "no Hugging Face token found: run `hf auth login` or set HF_TOKEN"
 
 
@@ -41,14 +62,8 @@ class HubPushError(RuntimeError):
     """A push failed; the message names the repo, the cause, the (safe) local folder and the retry command."""
 
 
-def _excluded(rel_parts: tuple[str, ...]) -> bool:
-    if rel_parts[0] in EXCLUDED_TOP_DIRS and len(rel_parts) > 1:
-        return True
-    return any(p.startswith(".") or p == "__pycache__" for p in rel_parts) or rel_parts[-1].endswith(".pyc")
-
-
 def files_to_push(folder) -> list[str]:
-    """Sorted relative POSIX paths a push uploads (see the module docstring for the rule).
+    """Sorted relative POSIX paths a push uploads: the files `upload_folder` lists, less `IGNORE_PATTERNS`.
 
     Raises ValueError if `folder` is not a saved checkpoint (no `config.json` or no top-level `*.safetensors`),
     so a wrong path fails before any request instead of publishing an incomplete model.
@@ -56,16 +71,9 @@ def files_to_push(folder) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"{root.resolve()} is not a directory")
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root)
-        # Prune excluded folders early: checkpoints/ can hold many GB of optimizer state.
-        dirnames[:] = sorted(d for d in dirnames if not _excluded((rel_dir / d / "x").parts))
-        for name in filenames:
-            rel = rel_dir / name
-            if not _excluded(rel.parts):
-                files.append(rel.as_posix())
-    files.sort()
+    # the listing HfApi.upload_folder makes, filtered by the same function and patterns
+    listed = (path.relative_to(root).as_posix() for path in root.glob("**/*") if path.is_file())
+    files = sorted(filter_repo_objects(listed, ignore_patterns=list(IGNORE_PATTERNS)))
     missing = [what for what, ok in (
         ("config.json", "config.json" in files),
         ("a weights file (*.safetensors)", any("/" not in f and f.endswith(".safetensors") for f in files)),
@@ -108,7 +116,8 @@ def _human_size(n: int) -> str:
 
 def push_checkpoint(folder, repo_id: str, *, token=None, private: bool | None = None,
                     commit_message: str = "Upload SISC checkpoint", revision=None, endpoint: str | None = None) -> str:
-    """Create `repo_id` if needed and upload exactly `files_to_push(folder)` in one commit; return the commit URL.
+    """Create `repo_id` if needed and upload the folder less `IGNORE_PATTERNS` (= `files_to_push(folder)`) with
+    `HfApi.upload_folder`; return the commit URL.
 
     `private` only applies when the repo is created. `revision` is a branch, created from main if missing.
     `endpoint` overrides the Hub URL (default: HF_ENDPOINT / huggingface.co), mainly for tests.
@@ -134,11 +143,12 @@ def push_checkpoint(folder, repo_id: str, *, token=None, private: bool | None = 
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        # create_commit with explicit operations (not upload_folder + glob patterns): the uploaded set is
-        # exactly the list above, and nothing already on the Hub is deleted.
-        info = api.create_commit(
-            repo_id,
-            [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files],
+        # No delete_patterns: nothing already on the Hub is deleted. A list copy: upload_folder appends its
+        # default patterns to the list it is given.
+        info = api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            ignore_patterns=list(IGNORE_PATTERNS),
             commit_message=commit_message,
             revision=revision,
         )
