@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 WORKING_CPU_COMMAND = (
@@ -57,8 +59,6 @@ def check_launch(accelerator, script: str | None = None) -> None:
     problem = launch_problem(dict(os.environ), accelerator.num_processes, script)
     if problem:
         raise SystemExit(f"error: {problem}")
-    import torch
-
     cores = os.cpu_count() or 1
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() == 1 and cores > 1:
         logger.warning(

@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
+import datasets
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -710,8 +711,6 @@ def generate_split_rows(config: ShapesConfig, split: str, num_images: int | None
 
 
 def _features():
-    import datasets
-
     return datasets.Features(
         {
             "image": datasets.Image(),
@@ -739,8 +738,6 @@ def _description(config: ShapesConfig) -> str:
 
 def build_shapes_dataset(config: ShapesConfig | None = None):
     """Generate the DatasetDict in memory (no caching; see `load_shapes_dataset`)."""
-    import datasets
-
     config = config or ShapesConfig()
     config.validate()
     features = _features()
@@ -784,8 +781,6 @@ def load_or_build(path: str, build, what: str, write_meta=None):
     """`datasets.load_from_disk(path)`, after building the DatasetDict with `build()` and saving it there when it is
     not cached yet. Saved atomically (a temporary folder, then a rename), so concurrent processes never read half a
     dataset; `write_meta(tmp_folder, dataset, seconds)` adds files beside it before the rename."""
-    import datasets
-
     if os.path.exists(os.path.join(path, "dataset_dict.json")):
         print(f"[shapes] loading cached dataset {path}", file=sys.stderr, flush=True)
         logger.info("loading cached shapes dataset from %s", path)

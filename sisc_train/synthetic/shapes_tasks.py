@@ -44,6 +44,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+import datasets
 
 from sisc_train.synthetic.shapes import (
     COLORS,
@@ -230,8 +231,6 @@ def generate_vqa_rows(config: ShapesTaskConfig, split: str) -> dict[str, list]:
 
 
 def _vqa_features():
-    import datasets
-
     return datasets.Features(
         {
             "question_id": datasets.Value("int64"),
@@ -310,8 +309,6 @@ def generate_nlvr_rows(config: ShapesTaskConfig, split: str) -> dict[str, list]:
 
 
 def _nlvr_features():
-    import datasets
-
     return datasets.Features(
         {
             "identifier": datasets.Value("string"),
@@ -332,8 +329,6 @@ def _nlvr_features():
 
 def build_task_dataset(task: str, config: ShapesTaskConfig | None = None):
     """The DatasetDict of `task` ("vqa" or "nlvr") in memory (see `load_shapes_vqa` / `load_shapes_nlvr`)."""
-    import datasets
-
     config = config or ShapesTaskConfig()
     if task == "vqa":
         splits, generate, features = VQA_SPLITS, generate_vqa_rows, _vqa_features()
