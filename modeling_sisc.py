@@ -1708,7 +1708,7 @@ class SiscForVisualReasoning(_SiscTaskModel):
         interpolate_pos_encoding: bool = False,
     ) -> torch.Tensor:
         """The sentence fused with both images: the last fusion layer's hidden states (batch, tokens, hidden); the
-        [CLS] row feeds the reasoning head (and the text-assignment head of `train/text_assignment.py`)."""
+        [CLS] row feeds the reasoning head (and the text-assignment head of `sisc_train/tasks/text_assignment.py`)."""
         if input_ids is None:
             raise ValueError("SiscForVisualReasoning needs input_ids (the sentence)")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 5:

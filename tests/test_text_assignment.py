@@ -1,4 +1,4 @@
-"""ALBEF's text-assignment step before NLVR fine-tuning (train/text_assignment.py)."""
+"""ALBEF's text-assignment step before NLVR fine-tuning (sisc_train/tasks/text_assignment.py)."""
 
 import json
 

@@ -1,7 +1,7 @@
 """Image-caption data for SISC training: loading through `datasets`, decoding in DataLoader workers, bad-sample skips.
 
 Accepted sources (`load_pairs`):
-- `"shapes"`: the embedded synthetic dataset (`train/shapes_dataset.py`), built once and cached;
+- `"shapes"`: the embedded synthetic dataset (`sisc_train/synthetic/shapes.py`), built once and cached;
 - a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`;
 - a folder of images for `datasets`' `imagefolder` loader (captions in its `metadata.jsonl` / `metadata.csv`);
 - a `.json` / `.jsonl` / `.csv` / `.parquet` file of (image path, caption) rows; relative image paths are resolved

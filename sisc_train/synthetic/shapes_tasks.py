@@ -1,5 +1,5 @@
 """Embedded downstream-task data: visual question answering (VQA v2 layout) and two-image visual reasoning (NLVR2
-layout) over the synthetic shapes scenes of `train/shapes_dataset.py`, with answers and labels KNOWN exactly.
+layout) over the synthetic shapes scenes of `sisc_train/synthetic/shapes.py`, with answers and labels KNOWN exactly.
 
 VQA (`load_shapes_vqa`, splits train / validation / test; one row per question, several questions per image)::
 

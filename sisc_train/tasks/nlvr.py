@@ -4,12 +4,12 @@
     accelerate launch train/finetune_nlvr.py --model_name_or_path M --dataset my_nlvr2_folder --validation_split dev \
         --text_assignment_data my_caption_pairs.jsonl
 
-First ALBEF's text-assignment step (train/text_assignment.py: caption + two images -> first / second / neither, 20,000
+First ALBEF's text-assignment step (sisc_train/tasks/text_assignment.py: caption + two images -> first / second / neither, 20,000
 examples, on the embedded captions when the NLVR data is the embedded one; `--text_assignment_examples 0` skips it),
 then the true / false fine-tuning. The image tower trains at the full learning rate by default.
 
 Data: a DatasetDict in the NLVR2 layout (`sentence`, `left_image`, `right_image`, `label`: 0/1, bool or
-"True"/"False"); "shapes" (default) is the embedded synthetic two-image data (train/shapes_tasks.py). Rows without a
+"True"/"False"); "shapes" (default) is the embedded synthetic two-image data (sisc_train/synthetic/shapes_tasks.py). Rows without a
 second image or a readable label are skipped and counted (`skipped_train_rows`). After every epoch the dev accuracy
 picks the kept epoch; dev and test accuracy (with the majority-label baseline) go to `results.json` and the model
 card. Evaluate a saved model again with `train/evaluate_nlvr.py`.
@@ -108,7 +108,7 @@ class NlvrTask(Task):
 
     def write_card(self, model, summary: dict) -> None:
         save_task_card(self.args, self.data_args, model, summary, card_kwargs=dict(
-            dataset_description=("embedded synthetic two-image statements about coloured-shape scenes (train/shapes_tasks.py)"
+            dataset_description=("embedded synthetic two-image statements about coloured-shape scenes (sisc_train/synthetic/shapes_tasks.py)"
                                  if self.data_args.dataset == "shapes" else "NLVR2-layout data"),
             num_train_pairs=len(self.train_rows),
             extra_hyperparameters={

@@ -45,7 +45,7 @@ class TextAssignmentArguments:
     text_assignment_data: str | None = field(
         default=None,
         metadata={"help": "Image-caption data of the TA step: 'shapes' (the embedded captions; the default when the NLVR "
-                          "data is the embedded one) or anything train/data.py reads (a saved dataset folder, "
+                          "data is the embedded one) or anything sisc_train/data/pairs.py reads (a saved dataset folder, "
                           "imagefolder, jsonl/csv/parquet, Karpathy JSON), e.g. the pretraining pairs. Other NLVR data "
                           "without it: the step is skipped, with a warning."},
     )

@@ -6,7 +6,7 @@
 
 Data: a `datasets` DatasetDict in the VQA v2 layout (`question`, `answers` = the annotators' [{"answer": ...}],
 `image`, `question_id`, optionally `answer_type` / `question_type`); "shapes" (default) is the embedded synthetic
-VQA data (train/shapes_tasks.py). The closed answer list is `--answer_list` (a JSON list) or the training answers
+VQA data (sisc_train/synthetic/shapes_tasks.py). The closed answer list is `--answer_list` (a JSON list) or the training answers
 given by at least `--min_answer_count` annotators, the `--max_answers` most frequent (ALBEF / VQA v2 use 3,128 or
 3,129). Training questions none of whose answers is in the list are skipped and counted (`skipped_no_valid_answer`).
 
@@ -177,7 +177,7 @@ class VqaTask(Task):
                 f"over a closed list of {len(self.answers)} answers" if self.vqa_args.vqa_head == "generate"
                 else f"a classifier over a closed list of {len(self.answers)} answers")
         save_task_card(self.args, self.data_args, model, summary, card_kwargs=dict(
-            dataset_description=("embedded synthetic VQA questions about coloured-shape scenes (train/shapes_tasks.py)"
+            dataset_description=("embedded synthetic VQA questions about coloured-shape scenes (sisc_train/synthetic/shapes_tasks.py)"
                                  if self.data_args.dataset == "shapes" else "VQA v2-layout data"),
             num_train_pairs=len(self.train_rows),
             task="visual-question-answering",
