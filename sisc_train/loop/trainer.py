@@ -353,7 +353,7 @@ def finish(task: Task, model, accelerator: Accelerator, summary: dict) -> None:
                           + (f" (evaluate it again with {task.evaluation_hint()})" if task.evaluation_hint() else ""))
         raise
     write_results()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and task.publishes:
         task.print_summary(summary)
     if args.push_to_hub and accelerator.is_main_process and task.publishes:
         # after the local save: a failed push (no token, no network) loses nothing and says how to retry
