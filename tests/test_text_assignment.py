@@ -102,6 +102,23 @@ def test_finetune_nlvr_runs_the_text_assignment_step_first(pretrained, caption_f
     assert json.loads((out / "results.json").read_text())["text_assignment"]["examples"] == 8
     card = (out / "README.md").read_text()
     assert "text-assignment step" in card and "text_assignment_examples" in card
+    assert (out / "text_assignment" / "results.json").exists() and not (out / "text_assignment" / "model.safetensors").exists()
+
+
+def test_a_resumed_nlvr_run_skips_the_text_assignment_step_and_keeps_its_report(pretrained, caption_folder, tmp_path):
+    from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig, build_task_dataset
+
+    nlvr = tmp_path / "nlvr"
+    build_task_dataset("nlvr", ShapesTaskConfig(image_size=16, num_train=8, num_validation=4, num_test=4)).save_to_disk(nlvr)
+    out = tmp_path / "model"
+    argv = ["--model_name_or_path", str(pretrained), "--dataset", str(nlvr), "--output_dir", str(out),
+            "--per_device_batch_size", "4", "--num_epochs", "2", "--warmup_steps", "1", "--checkpointing_steps", "2",
+            "--text_assignment_examples", "8", "--text_assignment_data", str(caption_folder)]
+    first = finetune_nlvr.main(argv)
+    (out / "checkpoints" / "step_4").rename(out / "checkpoints" / "step_4.old")  # as if stopped after epoch 1
+    resumed = finetune_nlvr.main([*argv, "--resume_from_checkpoint", "latest"])
+    assert resumed["global_step"] == first["global_step"] == 4
+    assert resumed["text_assignment"]["examples"] == 8 and resumed["text_assignment"]["global_step"] == 2
     reloaded = SiscForVisualReasoning.from_pretrained(out)
     assert not any(k.startswith("head.") for k in reloaded.state_dict())
 

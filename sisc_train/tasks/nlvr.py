@@ -18,6 +18,7 @@ card. Evaluate a saved model again with `train/evaluate_nlvr.py`.
 from __future__ import annotations
 
 import json
+import os
 
 
 from dataclasses import dataclass, field
@@ -77,10 +78,16 @@ class NlvrTask(Task):
 
     def build_model(self, total_steps: int, accelerator) -> SiscForVisualReasoning:
         model = SiscForVisualReasoning.from_pretrained(self.data_args.model_name_or_path)
-        if self.ta_source and not self.args.resume_from_checkpoint:  # a resumed run's checkpoint holds its effect
+        if self.ta_source and not self.args.resume_from_checkpoint:
             self.text_assignment = run_text_assignment(
                 model, self.processor, self.args, self.ta_args, self.ta_source, self.data_args.data_cache_dir
             )
+        elif self.ta_source:  # a resumed run's checkpoint holds the step's effect; its report is on disk
+            report = os.path.join(self.args.output_dir, "text_assignment", "results.json")
+            if os.path.exists(report):
+                with open(report) as f:
+                    saved = json.load(f)
+                self.text_assignment = {**saved, "examples": saved["args"]["text_assignment_examples"], "data": self.ta_source}
         return model
 
     def has_validation(self) -> bool:
