@@ -2,7 +2,6 @@
 no imports hidden inside functions, and the scripts under train/ are thin entry points."""
 
 import ast
-import os
 from pathlib import Path
 
 import pytest
@@ -69,8 +68,9 @@ def test_no_import_cycles():
     def visit(node, stack):
         state[node] = 1
         for nxt in graph.get(node, ()):
-            if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack else f"{node} -> {nxt}")
+            if state.get(nxt) == 1:  # on the current path: a cycle
+                path = [*stack, node]
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(nxt):], nxt]))
             if nxt not in state:
                 visit(nxt, stack + [node])
         state[node] = 2

@@ -60,16 +60,16 @@ class Task:
 
     def __init__(self, args: TrainingArguments):
         self.args = args
-        self.accelerator: Accelerator | None = None  # set by train()
+        self.accelerator: Accelerator | None = None  # set by train(), for every hook
         self.processor = None
         self.skips = SkipCounter()
 
     # -- data and model ------------------------------------------------------------------------------------------
-    def load_data(self, accelerator: Accelerator):
+    def load_data(self):
         """-> (training rows, collator); sets `self.processor`. Runs on the main process first (dataset caching)."""
         raise NotImplementedError
 
-    def build_model(self, total_steps: int, accelerator: Accelerator) -> torch.nn.Module:
+    def build_model(self, total_steps: int) -> torch.nn.Module:
         raise NotImplementedError
 
     def settings(self) -> dict:
@@ -86,7 +86,7 @@ class Task:
         """Values logged with the losses every --logging_steps."""
         return {}
 
-    def after_step(self, model, outputs, step: int, total_steps: int, accelerator: Accelerator) -> None:
+    def after_step(self, model, outputs, step: int, total_steps: int) -> None:
         """Work after an optimizer step (plots, ...)."""
 
     def divergence_reason(self, error: Exception) -> str | None:
@@ -105,7 +105,7 @@ class Task:
         """Fields of results.json known before the final evaluation."""
         return {}
 
-    def final_evaluation(self, model, accelerator: Accelerator, summary: dict) -> None:
+    def final_evaluation(self, model, summary: dict) -> None:
         """Evaluate the kept model after it is saved; fill `summary` (its "metrics" and anything else)."""
 
     def write_card(self, model, summary: dict) -> None:
@@ -188,7 +188,7 @@ def train(task: Task, args: TrainingArguments) -> dict:
                        "at the end will fail, after the checkpoint is saved locally", args.push_to_hub)
 
     with accelerator.main_process_first():
-        rows, collator = task.load_data(accelerator)
+        rows, collator = task.load_data()
     streaming = isinstance(rows, torch.utils.data.IterableDataset)
     loader = DataLoader(
         rows,
@@ -204,7 +204,7 @@ def train(task: Task, args: TrainingArguments) -> dict:
         generator=torch.Generator().manual_seed(args.seed),
     )
     steps_per_epoch, total_steps = schedule(rows, args, accelerator.num_processes, streaming)
-    model = task.build_model(total_steps, accelerator)
+    model = task.build_model(total_steps)
     optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, args.vision_lr(), args.weight_decay))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max(total_steps - 1, 0)), max(total_steps, 1))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -285,7 +285,7 @@ def train(task: Task, args: TrainingArguments) -> dict:
                     accelerator.log({**last_logs, "lr": scheduler.get_last_lr()[-1], "epoch": epoch}, step=global_step)
                     progress.set_postfix(loss=f"{last_logs['loss']:.3f}")
                     history.append({"step": global_step, **last_logs})
-                task.after_step(model, outputs, global_step, total_steps, accelerator)
+                task.after_step(model, outputs, global_step, total_steps)
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                     checkpoint()
                 if stop_requested(accelerator, signals):  # after a whole optimizer step, never within one
@@ -347,7 +347,7 @@ def finish(task: Task, model, accelerator: Accelerator, summary: dict) -> None:
     write_results()
     accelerator.wait_for_everyone()
     try:
-        task.final_evaluation(model, accelerator, summary)
+        task.final_evaluation(model, summary)
     except BaseException:
         accelerator.print(f"\nthe final evaluation did not finish; the trained model is saved in {args.output_dir}"
                           + (f" (evaluate it again with {task.evaluation_hint()})" if task.evaluation_hint() else ""))

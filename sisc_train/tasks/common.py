@@ -1,17 +1,45 @@
-"""What the downstream tasks (VQA, NLVR) share besides the loop: argument checks and their model card."""
+"""What the downstream tasks (VQA, NLVR) share besides the loop: their start, their data splits, their model card."""
 
 from __future__ import annotations
 
-from sisc_train.data.tasks import TaskDataArguments
+from sisc_train.data.tasks import TaskDataArguments, limit, load_processor, load_task_data
 from sisc_train.loop.arguments import TrainingArguments
+from sisc_train.loop.trainer import Task
 from sisc_train.publishing.model_card import render_model_card
 
 
-def check_task_args(data_args: TaskDataArguments, args: TrainingArguments, script: str) -> None:
-    if not data_args.model_name_or_path:
-        raise SystemExit(f"{script} needs --model_name_or_path: the pretrained SISC checkpoint to start from")
-    if args.per_device_batch_size < 1 or args.eval_batch_size < 1:
-        raise SystemExit("batch sizes must be >= 1")
+class FineTuningTask(Task):
+    """A task fine-tuned from a pretrained SISC checkpoint on task data (VQA v2 / NLVR2 layouts, or the embedded data
+    `data_name`)."""
+
+    data_name = ""  # "vqa" / "nlvr": which embedded task data "shapes" means
+    script = ""  # the entry point, named in errors
+
+    def __init__(self, data_args: TaskDataArguments, args: TrainingArguments):
+        super().__init__(args)
+        self.data_args = data_args
+        if not data_args.model_name_or_path:
+            raise SystemExit(f"{self.script} needs --model_name_or_path: the pretrained SISC checkpoint to start from")
+        if args.per_device_batch_size < 1 or args.eval_batch_size < 1:
+            raise SystemExit("batch sizes must be >= 1")
+        self.validation = None
+
+    def settings(self) -> dict:
+        return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
+                "max_train_samples": self.data_args.max_train_samples}
+
+    def load_splits(self) -> None:
+        """The checkpoint's processor, the task data, its (limited) train split and its validation split (None
+        without --validation_split)."""
+        data_args = self.data_args
+        self.processor = load_processor(data_args.model_name_or_path)
+        self.data = load_task_data(self.data_name, data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train)
+        self.train_split = limit(self.data[data_args.train_split], data_args.max_train_samples)
+        if data_args.validation_split:
+            self.validation = limit(self.data[data_args.validation_split], data_args.max_eval_samples)
+
+    def has_validation(self) -> bool:
+        return self.validation is not None
 
 
 def save_task_card(args: TrainingArguments, data_args: TaskDataArguments, model, summary: dict, *, card_kwargs: dict) -> None:

@@ -24,11 +24,11 @@ import os
 from dataclasses import dataclass, field
 
 from modeling_sisc import SiscForVisualReasoning
-from sisc_train.data.tasks import TaskDataArguments, limit, load_processor, load_task_data
+from sisc_train.data.tasks import TaskDataArguments, limit
 from sisc_train.evaluation.nlvr import NlvrCollator, evaluate_nlvr, majority_baseline, usable_rows
 from sisc_train.loop.arguments import TrainingArguments, parse_args
-from sisc_train.loop.trainer import Task, train
-from sisc_train.tasks.common import check_task_args, save_task_card
+from sisc_train.loop.trainer import train
+from sisc_train.tasks.common import FineTuningTask, save_task_card
 from sisc_train.tasks.text_assignment import TextAssignmentArguments, run_text_assignment, text_assignment_source
 
 
@@ -47,36 +47,31 @@ class NlvrTrainingArguments(TrainingArguments):
     metric_for_best_model: str = field(default="accuracy", metadata={"help": "Validation metric that picks the kept model."})
 
 
-class NlvrTask(Task):
-    name = "nlvr"
+class NlvrTask(FineTuningTask):
+    name = data_name = "nlvr"
+    script = "finetune_nlvr.py"
 
     def __init__(self, data_args: NlvrDataArguments, ta_args: TextAssignmentArguments, args: NlvrTrainingArguments):
-        super().__init__(args)
-        self.data_args, self.ta_args = data_args, ta_args
-        check_task_args(data_args, args, "finetune_nlvr.py")
+        super().__init__(data_args, args)
+        self.ta_args = ta_args
         self.ta_source = text_assignment_source(ta_args, data_args.dataset)
         self.text_assignment = None
 
     def settings(self) -> dict:
-        return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
-                "max_train_samples": self.data_args.max_train_samples, "text_assignment_data": self.ta_source,
+        return {**super().settings(), "text_assignment_data": self.ta_source,
                 "text_assignment_examples": self.ta_args.text_assignment_examples}
 
-    def load_data(self, accelerator):
-        data_args = self.data_args
-        self.processor = load_processor(data_args.model_name_or_path)
-        self.data = load_task_data("nlvr", data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train)
-        self.train_split = limit(self.data[data_args.train_split], data_args.max_train_samples)
+    def load_data(self):
+        self.load_splits()
         keep, self.skipped = usable_rows(self.train_split)
         if self.skipped:
-            accelerator.print(f"[nlvr] skipping {self.skipped} training rows without a second image or a readable label")
+            self.accelerator.print(f"[nlvr] skipping {self.skipped} training rows without a second image or a readable label")
         if not keep:
             raise ValueError("no usable training row (sentence, two images, label)")
         self.train_rows = self.train_split.select(keep)
-        self.dev = limit(self.data[data_args.validation_split], data_args.max_eval_samples) if data_args.validation_split else None
         return self.train_rows, NlvrCollator(self.processor)
 
-    def build_model(self, total_steps: int, accelerator) -> SiscForVisualReasoning:
+    def build_model(self, total_steps: int) -> SiscForVisualReasoning:
         model = SiscForVisualReasoning.from_pretrained(self.data_args.model_name_or_path)
         if self.ta_source and not self.args.resume_from_checkpoint:
             self.text_assignment = run_text_assignment(
@@ -90,17 +85,14 @@ class NlvrTask(Task):
                 self.text_assignment = {**saved, "examples": saved["args"]["text_assignment_examples"], "data": self.ta_source}
         return model
 
-    def has_validation(self) -> bool:
-        return self.dev is not None
-
     def validate(self, model) -> dict:
-        return evaluate_nlvr(model, self.processor, self.dev, self.args.eval_batch_size)
+        return evaluate_nlvr(model, self.processor, self.validation, self.args.eval_batch_size)
 
     def summary_fields(self) -> dict:
         return {"text_assignment": self.text_assignment, "skipped_train_rows": self.skipped, "train_examples": len(self.train_rows)}
 
-    def final_evaluation(self, model, accelerator, summary: dict) -> None:
-        if not accelerator.is_main_process:
+    def final_evaluation(self, model, summary: dict) -> None:
+        if not self.accelerator.is_main_process:
             return
         for name in dict.fromkeys(s for s in (self.data_args.validation_split, self.data_args.eval_split) if s):
             split = limit(self.data[name], self.data_args.max_eval_samples)

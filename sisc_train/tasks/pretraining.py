@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import datasets
 import matplotlib
 import torch
-from accelerate import Accelerator
 from transformers import AutoProcessor
 
 from configuration_sisc import SiscConfig
@@ -151,10 +150,6 @@ class PretrainingArguments(TrainingArguments):
     metric_for_best_model: str = field(default="r_mean", metadata={"help": "Validation metric (higher is better) that picks the kept model."})
     diagnostics_steps: int = field(default=200, metadata={"help": "Save weight heat map + histogram every N steps."})
     rerank_k: int = field(default=0, metadata={"help": "Final evaluation also with ITM re-ranking of the top k (0: ITC only)."})
-
-
-# kept as an alias: the name of this dataclass before the trainers shared one loop
-PretrainArguments = PretrainingArguments
 
 # what a resumed run must share with the run that wrote the checkpoint besides the training settings: the model, the
 # objective and the data order
@@ -386,8 +381,8 @@ class PretrainingTask(Task):
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS},
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
-    def load_data(self, accelerator: Accelerator):
-        model_args, data_args = self.model_args, self.data_args
+    def load_data(self):
+        model_args, data_args, accelerator = self.model_args, self.data_args, self.accelerator
         if model_args.oracle_false_negatives and (data_args.dataset != "shapes" or accelerator.num_processes > 1):
             raise ValueError("--oracle_false_negatives needs the embedded shapes dataset (its ground truth) and one process")
         self.processor = (
@@ -411,9 +406,9 @@ class PretrainingTask(Task):
         check_caption_vocabulary(self.train_rows, self.processor.tokenizer)
         return self.train_rows, PairCollator(self.processor, passthrough=passthrough, relevance_fn=relevance_fn)
 
-    def build_model(self, total_steps: int, accelerator: Accelerator) -> SiscForPreTraining:
+    def build_model(self, total_steps: int) -> SiscForPreTraining:
         model = build_model(self.model_args, self.processor, total_steps)
-        check_contrastive_batch(model.config, self.args.per_device_batch_size, accelerator.num_processes)
+        check_contrastive_batch(model.config, self.args.per_device_batch_size, self.accelerator.num_processes)
         self.config = model.config
         return model
 
@@ -445,7 +440,7 @@ class PretrainingTask(Task):
 
     def step_logs(self, model, batch: dict, outputs, step: int) -> dict:
         uses_teacher = self.teacher is not None or "teacher_image_embeds" in batch
-        sisc = model.module.sisc if hasattr(model, "module") else model.sisc
+        sisc = self.accelerator.unwrap_model(model).sisc
         return {
             "alpha": self.config.alpha_at(step - 1) if uses_teacher else 0.0,
             "temperature": 1.0 / sisc.logit_scale_value().item(),
@@ -454,9 +449,9 @@ class PretrainingTask(Task):
             ),
         }
 
-    def after_step(self, model, outputs, step: int, total_steps: int, accelerator: Accelerator) -> None:
+    def after_step(self, model, outputs, step: int, total_steps: int) -> None:
         if (
-            accelerator.is_main_process
+            self.accelerator.is_main_process
             and outputs.weights_t2i is not None
             and (step % self.args.diagnostics_steps == 0 or step == total_steps)
         ):
@@ -491,12 +486,12 @@ class PretrainingTask(Task):
         return (f"train/evaluate_retrieval.py --model {self.args.output_dir} --data {data_args.dataset} --split {data_args.eval_split}"
                 + (f" --image_root {data_args.image_root}" if data_args.image_root else ""))
 
-    def final_evaluation(self, model, accelerator: Accelerator, summary: dict) -> None:
+    def final_evaluation(self, model, summary: dict) -> None:
         if not self.data_args.eval_split:
             return
         results = evaluate_retrieval(
             model.sisc, self.processor, self.eval_sets[self.data_args.eval_split], rerank_k=self.args.rerank_k,
-            image_batch_size=self.args.eval_batch_size, accelerator=accelerator, max_bad_fraction=self.data_args.max_bad_fraction,
+            image_batch_size=self.args.eval_batch_size, accelerator=self.accelerator, max_bad_fraction=self.data_args.max_bad_fraction,
         )
         summary.update(
             metrics=results["itc"], rerank_metrics=results.get(f"itm_top{self.args.rerank_k}"), eval_timing=results["timing"],

@@ -185,7 +185,7 @@ class TextAssignmentTask(Task):
     def settings(self) -> dict:
         return {"text_assignment_data": self.source, "text_assignment_examples": self.num_examples}
 
-    def load_data(self, accelerator):
+    def load_data(self):
         pairs = caption_pairs(self.source, self.cache_dir)
         # every 20th image is held out: the accuracy after the step is measured on images it did not train on
         held_out_image = [image_id % 20 == 0 for image_id in list(pairs["image_id"])]
@@ -195,10 +195,10 @@ class TextAssignmentTask(Task):
         if len(set(held_out_pairs["image_id"])) >= 3:
             self.held_out = text_assignment_rows(held_out_pairs, min(300, 3 * len(held_out_pairs)), seed=self.args.seed)
         else:
-            accelerator.print("[text-assignment] fewer than 60 images: no held-out accuracy")
+            self.accelerator.print("[text-assignment] fewer than 60 images: no held-out accuracy")
         return self.train_rows, TextAssignmentCollator(self.processor)
 
-    def build_model(self, total_steps: int, accelerator) -> TextAssignmentModel:
+    def build_model(self, total_steps: int) -> TextAssignmentModel:
         return TextAssignmentModel(self.model)
 
     def has_validation(self) -> bool:

@@ -29,10 +29,10 @@ import torch
 from modeling_sisc import SiscForQuestionAnswering
 from sisc_train.data.images import decode_image
 from sisc_train.evaluation.vqa import COLUMNS, evaluate_vqa, majority_baselines
-from sisc_train.data.tasks import TaskDataArguments, limit, load_processor, load_task_data
+from sisc_train.data.tasks import TaskDataArguments, limit
 from sisc_train.loop.arguments import TrainingArguments, parse_args
-from sisc_train.loop.trainer import Task, train
-from sisc_train.tasks.common import check_task_args, save_task_card
+from sisc_train.loop.trainer import train
+from sisc_train.tasks.common import FineTuningTask, save_task_card
 from sisc_train.evaluation.vqa_metrics import normalize_answer, soft_targets
 
 
@@ -100,38 +100,32 @@ class VqaTrainingArguments(TrainingArguments):
     metric_for_best_model: str = field(default="vqa_accuracy", metadata={"help": "Validation metric that picks the kept model."})
 
 
-class VqaTask(Task):
-    name = "vqa"
+class VqaTask(FineTuningTask):
+    name = data_name = "vqa"
+    script = "finetune_vqa.py"
 
     def __init__(self, data_args: TaskDataArguments, vqa_args: VqaArguments, args: VqaTrainingArguments):
-        super().__init__(args)
-        self.data_args, self.vqa_args = data_args, vqa_args
-        check_task_args(data_args, args, "finetune_vqa.py")
+        super().__init__(data_args, args)
+        self.vqa_args = vqa_args
 
     def settings(self) -> dict:
-        return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
-                "vqa_head": self.vqa_args.vqa_head, "max_train_samples": self.data_args.max_train_samples}
+        return {**super().settings(), "vqa_head": self.vqa_args.vqa_head}
 
-    def load_data(self, accelerator):
-        data_args = self.data_args
-        self.processor = load_processor(data_args.model_name_or_path)
-        self.data = load_task_data("vqa", data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train)
-        self.train_split = limit(self.data[data_args.train_split], data_args.max_train_samples)
+    def load_data(self):
+        self.load_splits()
         self.answers = build_answer_list(self.train_split, self.vqa_args)
         keep = valid_rows(self.train_split, self.answers)
         self.skipped = len(self.train_split) - len(keep)
         if self.skipped:
-            accelerator.print(f"[vqa] skipping {self.skipped} training questions with no answer in the {len(self.answers)}-answer list")
+            self.accelerator.print(f"[vqa] skipping {self.skipped} training questions with no answer in the {len(self.answers)}-answer list")
         if not keep:
             raise ValueError("no training question has an answer in the answer list")
         self.train_rows = self.train_split.select(keep)
-        self.validation = (limit(self.data[data_args.validation_split], data_args.max_eval_samples)
-                           if data_args.validation_split else None)
         # the decoder's tokenised answer list comes with the model: build_model hands it to the collator
         self.collator = VqaCollator(self.processor, self.answers, self.vqa_args.vqa_head)
         return self.train_rows, self.collator
 
-    def build_model(self, total_steps: int, accelerator) -> SiscForQuestionAnswering:
+    def build_model(self, total_steps: int) -> SiscForQuestionAnswering:
         overrides = {"vqa_head": self.vqa_args.vqa_head, "vqa_answers": self.answers}
         if self.vqa_args.k_test is not None:
             overrides["vqa_k_test"] = self.vqa_args.k_test
@@ -142,18 +136,15 @@ class VqaTask(Task):
         self.collator.answer_list_tokens = tokens or {}
         return model
 
-    def has_validation(self) -> bool:
-        return self.validation is not None
-
     def validate(self, model) -> dict:
         return evaluate_vqa(model, self.processor, self.validation, self.args.eval_batch_size, official=self.vqa_args.official_score)
 
     def summary_fields(self) -> dict:
         return {"num_answers": len(self.answers), "skipped_no_valid_answer": self.skipped, "train_questions": len(self.train_rows)}
 
-    def final_evaluation(self, model, accelerator, summary: dict) -> None:
+    def final_evaluation(self, model, summary: dict) -> None:
         data_args = self.data_args
-        if not data_args.eval_split or not accelerator.is_main_process:
+        if not data_args.eval_split or not self.accelerator.is_main_process:
             return
         test = limit(self.data[data_args.eval_split], data_args.max_eval_samples)
         predictions_file = os.path.join(self.args.output_dir, f"predictions_{data_args.eval_split}.json")
