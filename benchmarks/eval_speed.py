@@ -16,7 +16,6 @@ import os
 import statistics
 import time
 
-
 import torch
 
 from sisc_train.evaluation.retrieval import encode_set, itm_rerank, load_retrieval_set

@@ -22,7 +22,6 @@ import json
 import os
 import random
 
-
 import torch
 import torch.nn.functional as F
 
@@ -64,8 +63,8 @@ def probe_accuracy(features: torch.Tensor, targets: list[int], train_fraction: f
 
 
 def run_probes(model, processor, cache_dir: str) -> list[dict]:
-    from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig
     from sisc_train.data.tasks import load_task_data
+    from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig
 
     config = ShapesTaskConfig()
     data = load_task_data("nlvr", "shapes", cache_dir)  # the fine-tuning data's cache; dev / test scenes

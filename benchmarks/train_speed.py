@@ -46,13 +46,11 @@ import statistics
 import sys
 import time
 
-
 import torch
 import transformers
 
 from configuration_sisc import SiscConfig
 from modeling_sisc import (
-
     SiscForPreTraining,
     SiscModel,
     mixed_similarity,

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 
-
 import datasets
 import torch
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-
 import datasets
 import torch
 from transformers import AutoModelForSequenceClassification

@@ -33,20 +33,25 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
-
 import numpy as np
 import torch
+from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-
-from accelerate import Accelerator
 from transformers import AutoProcessor, HfArgumentParser
 
 from modeling_sisc import SiscModel
 from sisc_train.data.images import decode_image
-from sisc_train.data.pairs import CAPTION_COLUMNS, IMAGE_COLUMNS, BadEvaluationData, SkipCounter, has_own_splits, load_pairs
-from sisc_train.loop.launch import check_launch
+from sisc_train.data.pairs import (
+    CAPTION_COLUMNS,
+    IMAGE_COLUMNS,
+    BadEvaluationData,
+    SkipCounter,
+    has_own_splits,
+    load_pairs,
+)
 from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
+from sisc_train.loop.launch import check_launch
 from sisc_train.synthetic.shapes import ShapesConfig, load_shapes_dataset, retrieval_view
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,8 @@ baselines (the most frequent training answer for every question, and per questio
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
-
+from collections import Counter
 
 import torch
 from transformers import AutoModelForVisualQuestionAnswering

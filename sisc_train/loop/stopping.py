@@ -13,6 +13,7 @@ from accelerate import Accelerator
 
 from sisc_train.data.pairs import BadEvaluationData
 
+
 class StopSignals:
     """While training, SIGINT (Ctrl-C) and SIGTERM ask to stop after the current optimizer step, with a checkpoint;
     a second one stops at once. The previous handlers are restored on exit. (Python allows handlers in the main

@@ -51,10 +51,10 @@ from sisc_train.synthetic.shapes import (
     GENERATOR_VERSION,
     SHAPES,
     ShapesConfig,
+    load_or_build,
     plural,
     png_bytes,
     random_scene,
-    load_or_build,
     render_scene,
     scene_to_json,
 )

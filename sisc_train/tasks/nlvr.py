@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-
-
 from dataclasses import dataclass, field
 
 from modeling_sisc import SiscForVisualReasoning

@@ -41,6 +41,7 @@ from sisc_train.data.pairs import (
     load_pairs,
     missing_split,
 )
+from sisc_train.data.teacher_cache import EMBEDDING_COLUMNS, attach_teacher_cache, load_teacher_cache
 from sisc_train.evaluation.retrieval import (
     evaluate_retrieval,
     format_table,
@@ -53,7 +54,6 @@ from sisc_train.loop.arguments import TrainingArguments, parse_args
 from sisc_train.loop.trainer import Task, train
 from sisc_train.publishing.model_card import render_model_card
 from sisc_train.synthetic.shapes import ShapesConfig, batch_relevance, load_shapes_dataset
-from sisc_train.data.teacher_cache import EMBEDDING_COLUMNS, attach_teacher_cache, load_teacher_cache
 
 matplotlib.use("Agg")  # weight plots are written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)

@@ -24,16 +24,16 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-
 import torch
+
 from modeling_sisc import SiscForQuestionAnswering
 from sisc_train.data.images import decode_image
-from sisc_train.evaluation.vqa import COLUMNS, evaluate_vqa, majority_baselines
 from sisc_train.data.tasks import TaskDataArguments, limit
+from sisc_train.evaluation.vqa import COLUMNS, evaluate_vqa, majority_baselines
+from sisc_train.evaluation.vqa_metrics import normalize_answer, soft_targets
 from sisc_train.loop.arguments import TrainingArguments, parse_args
 from sisc_train.loop.trainer import train
 from sisc_train.tasks.common import FineTuningTask, save_task_card
-from sisc_train.evaluation.vqa_metrics import normalize_answer, soft_targets
 
 
 @dataclass

@@ -4,7 +4,6 @@ arguments, then leaves without waiting for gloo's teardown (which can hang on CP
 import os
 import sys
 
-
 from sisc_train.evaluation.retrieval import main
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 
-
 from sisc_train.tasks.pretraining import main
 
 
