@@ -112,11 +112,16 @@ class Task:
         """The model card of the saved model (`summary` holds the results)."""
 
     def print_summary(self, summary: dict) -> None:
-        print(f"\ntrained in {summary['train_seconds']:.0f} s; {self.skips.report()}")
+        skips = f"; {self.skips.report()}" if self.skips.seen else ""  # collators that count bad samples
+        print(f"\ntrained in {summary['train_seconds']:.0f} s{skips}")
         best = summary["best_model"]
         if best and best["step"] is not None:
             print(f"kept the model of epoch {best['epoch']:g} (step {best['step']}): {best['metric']} = {best['value']:.2f}")
+        self.print_results(summary)
         print(f"checkpoint saved to {self.args.output_dir}")
+
+    def print_results(self, summary: dict) -> None:
+        """The final evaluation's results, printed in the summary."""
 
     def evaluation_hint(self) -> str:
         """How to run the final evaluation again when it fails (the model is saved already)."""

@@ -504,11 +504,7 @@ class PretrainingTask(Task):
             len_or_none(self.train_rows), rerank_metrics=summary["rerank_metrics"], fine_tuned_for=self.fine_tuned_for,
         )
 
-    def print_summary(self, summary: dict) -> None:
-        print(f"\ntrained in {summary['train_seconds']:.0f} s; {self.skips.report()}")
-        best = summary["best_model"]
-        if best and best["step"] is not None:
-            print(f"kept the model of epoch {best['epoch']:g} (step {best['step']}): {best['metric']} = {best['value']:.2f}")
+    def print_results(self, summary: dict) -> None:
         metrics, rerank_metrics = summary["metrics"], summary["rerank_metrics"]
         if metrics:
             modes = {"itc": metrics, **({f"itm_top{self.args.rerank_k}": rerank_metrics} if rerank_metrics else {})}
@@ -516,7 +512,6 @@ class PretrainingTask(Task):
             if skip_report(summary["eval_skipped"]):
                 print(f"  ({skip_report(summary['eval_skipped'])}; the metrics are those of the readable items)")
             print(format_table(modes))
-        print(f"checkpoint saved to {self.args.output_dir}")
 
 
 def len_or_none(rows):
