@@ -3,8 +3,8 @@ contrastive learning (SRCL, Jiang et al., ACL 2023).
 
 The config holds three sub-configs (image encoder, unimodal text encoder, fusion encoder) and every
 setting of the regulated contrastive loss. Defaults follow the paper's base architecture
-(ViT-B/16 at 256 px, 6 + 6 BERT-base layers, 256-d embeddings); `SiscConfig.small()` gives the tiny
-model the scripts and tests train on a CPU.
+(ViT-B/16 at 256 px, 6 + 6 BERT-base layers, 256-d embeddings), which `SiscConfig.base()` spells out;
+`SiscConfig.small()` gives the tiny model the scripts and tests train on a CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from transformers.configuration_utils import SubConfigSpec
 CONTRASTIVE_LOSSES = ("srcl", "infonce")
 WEIGHT_NORMS = ("mean", "softmax")
 ALPHA_SCHEDULES = ("linear", "cosine", "constant")
-VISION_MODEL_TYPES = ("vit", "clip_vision_model")
+# Image towers whose outputs are patch tokens (+ a summary: see modeling_sisc.image_summary).
+VISION_MODEL_TYPES = ("vit", "deit", "clip_vision_model", "siglip_vision_model")
+# Dual encoders whose vision tower can be taken (their `vision_config`).
+DUAL_ENCODER_TYPES = ("clip", "siglip")
 VQA_HEADS = ("generate", "classify")
 # Sizes of each sub-config that must be positive integers (zero or negative ones fail deep inside torch otherwise).
 _ENCODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -32,7 +35,7 @@ class SiscConfig(PreTrainedConfig):
     r"""
     Args:
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
-            Image encoder config: a `ViTConfig` (default) or a `CLIPVisionConfig`.
+            Image encoder config: a `ViTConfig` (default), `DeiTConfig`, `CLIPVisionConfig` or `SiglipVisionConfig`.
         text_config (`dict` or `BertConfig`, *optional*):
             Unimodal text encoder (the paper: the first 6 layers of BERT-base).
         fusion_encoder_config (`dict` or `BertConfig`, *optional*):
@@ -156,7 +159,8 @@ class SiscConfig(PreTrainedConfig):
             raise ValueError(f"SiscConfig.{field} {message}")
 
         if self.vision_config.model_type not in VISION_MODEL_TYPES:
-            fail("vision_config", f"must be one of {VISION_MODEL_TYPES}, got model_type={self.vision_config.model_type!r}")
+            fail("vision_config", f"must be the config of one of {VISION_MODEL_TYPES}, got model_type="
+                                  f"{self.vision_config.model_type!r}")
         for name in ("vision_config", "text_config", "fusion_encoder_config"):
             sub = getattr(self, name)
             for size in SUB_CONFIG_SIZES[name]:
@@ -248,6 +252,32 @@ class SiscConfig(PreTrainedConfig):
         return float(self.alpha_start + (self.alpha_end - self.alpha_start) * progress)
 
     @classmethod
+    def base(cls, vocab_size: int = 30522, image_size: int = 256, **kwargs) -> "SiscConfig":
+        """The paper's (ALBEF's) model: a ViT-B/16 image encoder at 256 px, 6 + 6 BERT-base layers (hidden 768,
+        12 heads, 3072 intermediate) for the text and fusion encoders, 256-d projections, temperature 0.07, and,
+        with `use_momentum_distillation=True`, momentum 0.995 and a queue of 65,536 features. About 210M parameters
+        without the momentum copy (with BERT-base-uncased's 30,522-token vocabulary).
+
+        Special token ids default to BERT-base-uncased's ([PAD]=0, [CLS]=101, [SEP]=102, [MASK]=103); pass a
+        tokenizer's with its `vocab_size`.
+        """
+        bert = dict(vocab_size=vocab_size, pad_token_id=kwargs.pop("pad_token_id", 0), hidden_size=768,
+                    num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
+        vision = dict(model_type="vit", image_size=image_size, patch_size=16, hidden_size=768, num_hidden_layers=12,
+                      num_attention_heads=12, intermediate_size=3072, qkv_bias=True)
+        kwargs.setdefault("embed_dim", 256)
+        kwargs.setdefault("temperature_init", 0.07)
+        kwargs.setdefault("momentum", 0.995)
+        if kwargs.get("use_momentum_distillation"):
+            kwargs.setdefault("queue_size", 65536)
+        return cls(
+            vision_config=vision,
+            text_config={**bert, "num_hidden_layers": 6},
+            fusion_encoder_config={**bert, "num_hidden_layers": 6},
+            **kwargs,
+        )
+
+    @classmethod
     def small(cls, vocab_size: int, image_size: int = 64, hidden_size: int = 128, **kwargs) -> "SiscConfig":
         """The tiny default model of this repo: trains on a CPU in minutes on the embedded shapes dataset.
 
@@ -285,4 +315,4 @@ class SiscConfig(PreTrainedConfig):
 
 SiscConfig.register_for_auto_class()
 
-__all__ = ["SiscConfig"]
+__all__ = ["SiscConfig", "VISION_MODEL_TYPES", "DUAL_ENCODER_TYPES"]

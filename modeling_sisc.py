@@ -12,7 +12,7 @@ positives):
     w_i2t = regulation_weights(s.T, delta=1.0, norm="mean")        # rows: images
     loss = regulated_contrastive_loss(logits_per_text, w_t2i, w_i2t)
 
-The model reuses transformers' ViT / CLIP vision tower and BERT modules (SDPA attention, gradient checkpointing);
+The model reuses transformers' vision towers (ViT, DeiT, CLIP, SigLIP) and BERT modules (SDPA attention, gradient checkpointing);
 only the fusion layer (bidirectional self-attention + cross-attention to image patches, which stock `BertLayer`
 does not allow) and the heads are assembled here, from BERT's own sub-modules.
 """
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformers import AutoConfig, BertConfig, CLIPVisionModel, PreTrainedModel, ViTModel
+from transformers import AutoConfig, AutoModel, BertConfig, CLIPVisionModel, PreTrainedModel, ViTModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -45,9 +45,9 @@ from transformers.models.bert.modeling_bert import (
 from transformers.utils import ModelOutput, logging
 
 try:  # loaded as a Hub/remote-code module
-    from .configuration_sisc import SiscConfig
+    from .configuration_sisc import DUAL_ENCODER_TYPES, VISION_MODEL_TYPES, SiscConfig
 except ImportError:  # imported from the repository root
-    from configuration_sisc import SiscConfig
+    from configuration_sisc import DUAL_ENCODER_TYPES, VISION_MODEL_TYPES, SiscConfig
 
 logger = logging.get_logger(__name__)
 
@@ -381,16 +381,64 @@ class SiscFusionEncoder(nn.Module):
 
 
 def image_summary(vision_outputs) -> torch.Tensor:
-    """The image's [CLS] summary: ViT's last state is already layer-normed; CLIP's is its post-layernormed pooler."""
+    """The image's summary vector: the pooler output where the tower has one (CLIP: its post-layernormed [CLS];
+    SigLIP, which has no [CLS] token: its pretrained attention-pooling head), else the last [CLS] state (ViT and
+    DeiT are built without their pooler, a layer most checkpoints leave untrained; their last state is layer-normed).
+    """
     if vision_outputs.pooler_output is not None:
         return vision_outputs.pooler_output
     return vision_outputs.last_hidden_state[:, 0]
 
 
+# Constructor arguments of the vision towers: no pooler for ViT / DeiT (see image_summary).
+_VISION_TOWER_KWARGS = {"vit": {"add_pooling_layer": False}, "deit": {"add_pooling_layer": False}}
+
+
 def _build_vision_model(vision_config) -> nn.Module:
+    # ViT and CLIP are built by their classes as before, so that old checkpoints keep their parameter names.
+    if vision_config.model_type == "vit":
+        return ViTModel(vision_config, add_pooling_layer=False)
     if vision_config.model_type == "clip_vision_model":
         return CLIPVisionModel(vision_config)
-    return ViTModel(vision_config, add_pooling_layer=False)
+    return AutoModel.from_config(vision_config, **_VISION_TOWER_KWARGS.get(vision_config.model_type, {}))
+
+
+def vision_encoder_config(vision_model_name_or_path):
+    """The config of a vision checkpoint's image tower: the checkpoint's own, or the vision half of a CLIP / SigLIP
+    dual encoder. Raises ValueError for architectures SISC cannot use as its image tower."""
+    config = AutoConfig.from_pretrained(vision_model_name_or_path)
+    if config.model_type in DUAL_ENCODER_TYPES:
+        config = config.vision_config
+    if config.model_type not in VISION_MODEL_TYPES:
+        raise ValueError(
+            f"vision model {vision_model_name_or_path}: a {config.model_type!r} model cannot be SISC's image tower; "
+            f"use a checkpoint of {VISION_MODEL_TYPES} (or a full {DUAL_ENCODER_TYPES} model, whose vision tower is taken)"
+        )
+    return config
+
+
+def _resize_position_embeddings(state: dict, pretrained: nn.Module, target: nn.Module, image_size: int) -> dict:
+    """`state` (the pretrained tower's) with its position embeddings interpolated to `target`'s image size, by the
+    tower's own `interpolate_pos_encoding` (as ALBEF starts its 256 px ViT from a 224 px one)."""
+    target_state = target.state_dict()
+    modules = dict(pretrained.named_modules())
+    for key, value in list(state.items()):
+        if key not in target_state or target_state[key].shape == value.shape:
+            continue
+        prefix = key.rsplit(".", 1)[0]
+        while prefix and not hasattr(modules.get(prefix), "interpolate_pos_encoding"):
+            prefix = prefix.rsplit(".", 1)[0] if "." in prefix else ""
+        if not prefix or "position" not in key:
+            raise ValueError(f"vision weights {key}: shape {tuple(value.shape)} in the checkpoint, "
+                             f"{tuple(target_state[key].shape)} in SISC's tower")
+        wanted = target_state[key]
+        tokens = wanted.shape[-2] if wanted.dim() == 3 else wanted.shape[0]
+        with torch.no_grad():
+            resized = modules[prefix].interpolate_pos_encoding(
+                torch.zeros(1, tokens, wanted.shape[-1], dtype=value.dtype), image_size, image_size
+            )
+        state[key] = resized.reshape(wanted.shape)
+    return state
 
 
 class SiscPreTrainedModel(PreTrainedModel):
@@ -404,7 +452,7 @@ class SiscPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["SiscFusionLayer", "BertLayer", "ViTLayer", "CLIPEncoderLayer"]
+    _no_split_modules = ["SiscFusionLayer", "BertLayer", "ViTLayer", "DeiTLayer", "CLIPEncoderLayer", "SiglipEncoderLayer"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -419,78 +467,151 @@ class SiscPreTrainedModel(PreTrainedModel):
 
     # ---- initialisation from pretrained unimodal checkpoints (as in the paper) ----
     @classmethod
+    def config_from_encoders(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        num_text_layers: int | None = None,
+        num_fusion_layers: int | None = None,
+        config: SiscConfig | None = None,
+        image_size: int | None = None,
+        vocab_size: int | None = None,
+        pad_token_id: int | None = None,
+        **config_kwargs,
+    ) -> SiscConfig:
+        """The SiscConfig of a model built from pretrained encoders: the towers' sizes come from the encoders'
+        configs, everything else from `config` (default `SiscConfig()`, the paper's model) and `config_kwargs`.
+
+        `image_size`: the image tower's input size (default: the vision checkpoint's; position embeddings are
+        interpolated when it differs). `vocab_size` / `pad_token_id`: the tokenizer's; with a text checkpoint the
+        vocabulary must fit in its embeddings. Raises ValueError naming the problem (an architecture SISC cannot
+        use, a split out of range, a vocabulary that does not fit).
+        """
+        fields = (config or SiscConfig()).to_dict()
+        for key in ("architectures", "transformers_version", "_name_or_path", "auto_map"):
+            fields.pop(key, None)
+        if vision_model_name_or_path:
+            fields["vision_config"] = vision_encoder_config(vision_model_name_or_path).to_dict()
+        if image_size is not None:
+            fields["vision_config"]["image_size"] = image_size
+        if text_model_name_or_path:
+            bert_config = AutoConfig.from_pretrained(text_model_name_or_path)
+            if bert_config.model_type != "bert":
+                raise ValueError(
+                    f"text model {text_model_name_or_path}: a {bert_config.model_type!r} model cannot be split into "
+                    "SISC's text and fusion encoders, which are BERT layers; use a BERT-family checkpoint (model_type "
+                    "'bert': BERT, MiniLM, ...)"
+                )
+            total = bert_config.num_hidden_layers
+            num_text_layers = num_text_layers if num_text_layers is not None else total // 2
+            num_fusion_layers = num_fusion_layers if num_fusion_layers is not None else total - num_text_layers
+            if num_text_layers < 1 or num_fusion_layers < 1 or num_text_layers + num_fusion_layers > total:
+                raise ValueError(
+                    f"text model {text_model_name_or_path}: cannot take {num_text_layers} text + {num_fusion_layers} "
+                    f"fusion layers from a {total}-layer BERT (--num_text_layers must lie in [1, {total - 1}])"
+                )
+            if vocab_size is not None and vocab_size > bert_config.vocab_size:
+                raise ValueError(
+                    f"the tokenizer has {vocab_size} tokens, the text model {text_model_name_or_path} embeds only "
+                    f"{bert_config.vocab_size}: use the text model's own tokenizer"
+                )
+            bert_dict = bert_config.to_dict()
+            for key in ("architectures", "model_type", "transformers_version", "_name_or_path"):
+                bert_dict.pop(key, None)
+            if pad_token_id is not None:
+                bert_dict["pad_token_id"] = pad_token_id
+            fields["text_config"] = {**bert_dict, "num_hidden_layers": num_text_layers}
+            fields["fusion_encoder_config"] = {**bert_dict, "num_hidden_layers": num_fusion_layers}
+        elif num_text_layers is not None or num_fusion_layers is not None:
+            raise ValueError("num_text_layers / num_fusion_layers split a pretrained BERT: give text_model_name_or_path")
+        else:
+            for name in ("text_config", "fusion_encoder_config"):
+                if vocab_size is not None:
+                    fields[name]["vocab_size"] = vocab_size
+                if pad_token_id is not None:
+                    fields[name]["pad_token_id"] = pad_token_id
+        return SiscConfig.from_dict({**fields, **config_kwargs})
+
+    @classmethod
     def from_pretrained_encoders(
         cls,
-        vision_model_name_or_path: str,
-        text_model_name_or_path: str,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
         num_text_layers: int | None = None,
         num_fusion_layers: int | None = None,
         **config_kwargs,
     ):
-        """Build a SISC model whose encoders start from local pretrained checkpoints, as in the paper.
+        """Build a SISC model whose encoders start from pretrained checkpoints (folders or Hub ids), as in the paper.
 
-        The image encoder loads a ViT folder or a CLIP (vision) folder. From a BERT folder, the text encoder takes
-        the first `num_text_layers` layers and the fusion encoder the next `num_fusion_layers` layers (default: an
-        even split) plus freshly initialised cross-attention. `SiscForPreTraining` also takes BERT's MLM head when
-        the folder has one. Projections, ITM head and cross-attention start from random weights.
+        The image encoder loads a ViT, DeiT, CLIP-vision or SigLIP-vision checkpoint, or the vision tower of a full
+        CLIP / SigLIP one. From a BERT-family checkpoint, the text encoder takes the first `num_text_layers` layers
+        and the fusion encoder the next `num_fusion_layers` layers (default: an even split) plus freshly initialised
+        cross-attention. The MLM head (`SiscForPreTraining`; the answer decoder's LM head of
+        `SiscForQuestionAnswering`) is BERT's when the checkpoint has one, random otherwise (logged). Projections,
+        ITM head, cross-attention and task heads start from random weights; an encoder not given starts random too.
+        `config_kwargs` (and `config`, the base of everything else) go to `config_from_encoders`.
         """
-        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
-        if vision_config.model_type == "clip":
-            vision_config = vision_config.vision_config
-        bert_config = BertConfig.from_pretrained(text_model_name_or_path)
-        total = bert_config.num_hidden_layers
-        num_text_layers = num_text_layers if num_text_layers is not None else total // 2
-        num_fusion_layers = num_fusion_layers if num_fusion_layers is not None else total - num_text_layers
-        if num_text_layers < 1 or num_fusion_layers < 1 or num_text_layers + num_fusion_layers > total:
-            raise ValueError(
-                f"cannot take {num_text_layers} text + {num_fusion_layers} fusion layers from a {total}-layer BERT"
-            )
-        bert_dict = bert_config.to_dict()
-        for key in ("architectures", "model_type", "transformers_version", "_name_or_path"):
-            bert_dict.pop(key, None)
-        config = SiscConfig(
-            vision_config=vision_config.to_dict(),
-            text_config={**bert_dict, "num_hidden_layers": num_text_layers},
-            fusion_encoder_config={**bert_dict, "num_hidden_layers": num_fusion_layers},
-            **config_kwargs,
+        config = cls.config_from_encoders(
+            vision_model_name_or_path, text_model_name_or_path, num_text_layers, num_fusion_layers, **config_kwargs
         )
         model = cls(config)
-        sisc = model.sisc if isinstance(model, SiscForPreTraining) else model
+        sisc = getattr(model, "sisc", model)  # the task models and SiscForPreTraining hold a SiscModel
 
-        vision_cls = CLIPVisionModel if vision_config.model_type == "clip_vision_model" else ViTModel
-        vision_kwargs = {} if vision_cls is CLIPVisionModel else {"add_pooling_layer": False}
-        pretrained_vision = vision_cls.from_pretrained(vision_model_name_or_path, **vision_kwargs)
-        sisc.vision_model.load_state_dict(pretrained_vision.state_dict())
+        if vision_model_name_or_path:
+            checkpoint_config = vision_encoder_config(vision_model_name_or_path)
+            pretrained_vision, info = AutoModel.from_pretrained(
+                vision_model_name_or_path, config=checkpoint_config, output_loading_info=True,
+                **_VISION_TOWER_KWARGS.get(checkpoint_config.model_type, {}),
+            )
+            if info["missing_keys"]:  # a silently random tower would look like a pretrained one
+                raise ValueError(f"vision model {vision_model_name_or_path} lacks weights of its image tower: "
+                                 f"{sorted(info['missing_keys'])[:5]}")
+            state = _resize_position_embeddings(
+                pretrained_vision.state_dict(), pretrained_vision, sisc.vision_model, config.vision_config.image_size
+            )
+            sisc.vision_model.load_state_dict(state)
 
-        bert_mlm = BertForMaskedLM.from_pretrained(text_model_name_or_path)
-        bert_state = bert_mlm.bert.state_dict()
-        text_state, fusion_state = {}, {}
-        for key, value in bert_state.items():
-            match = re.match(r"encoder\.layer\.(\d+)\.(.*)", key)
-            if match is None:
-                if key.startswith("embeddings."):
+        mlm_head_state = None
+        if text_model_name_or_path:
+            bert_mlm, info = BertForMaskedLM.from_pretrained(text_model_name_or_path, output_loading_info=True)
+            missing = [k for k in info["missing_keys"] if not k.startswith("cls.")]
+            if missing:
+                raise ValueError(f"text model {text_model_name_or_path} lacks BERT weights: {sorted(missing)[:5]}")
+            if any(k.startswith("cls.") for k in info["missing_keys"]):
+                logger.warning(f"text model {text_model_name_or_path} has no MLM head: the MLM head starts from random "
+                               "weights (its decoder is tied to the word embeddings)")
+            else:
+                mlm_head_state = bert_mlm.cls.state_dict()
+            text_state, fusion_state = {}, {}
+            for key, value in bert_mlm.bert.state_dict().items():
+                match = re.match(r"encoder\.layer\.(\d+)\.(.*)", key)
+                if match is None:
+                    if key.startswith("embeddings."):
+                        text_state[key] = value
+                    continue
+                index, rest = int(match.group(1)), match.group(2)
+                if index < config.text_config.num_hidden_layers:
                     text_state[key] = value
-                continue
-            index, rest = int(match.group(1)), match.group(2)
-            if index < num_text_layers:
-                text_state[key] = value
-            elif index < num_text_layers + num_fusion_layers:
-                fusion_state[f"layer.{index - num_text_layers}.{rest}"] = value
-        missing, unexpected = sisc.text_model.load_state_dict(text_state, strict=False)
-        if unexpected or [k for k in missing if not k.endswith("position_ids")]:
-            raise ValueError(f"text encoder weights do not match: missing {missing}, unexpected {unexpected}")
-        missing, unexpected = sisc.fusion_model.load_state_dict(fusion_state, strict=False)
-        not_cross = [k for k in missing if ".crossattention." not in k and not k.startswith("image_projection")]
-        if unexpected or not_cross:
-            raise ValueError(f"fusion encoder weights do not match: missing {not_cross}, unexpected {unexpected}")
-        if isinstance(model, SiscForPreTraining):
-            model.mlm_head.load_state_dict(bert_mlm.cls.state_dict())
-            model.tie_weights()
+                elif index < config.text_config.num_hidden_layers + config.fusion_encoder_config.num_hidden_layers:
+                    fusion_state[f"layer.{index - config.text_config.num_hidden_layers}.{rest}"] = value
+            missing, unexpected = sisc.text_model.load_state_dict(text_state, strict=False)
+            if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+                raise ValueError(f"text encoder weights do not match: missing {missing}, unexpected {unexpected}")
+            missing, unexpected = sisc.fusion_model.load_state_dict(fusion_state, strict=False)
+            not_cross = [k for k in missing if ".crossattention." not in k and not k.startswith("image_projection")]
+            if unexpected or not_cross:
+                raise ValueError(f"fusion encoder weights do not match: missing {not_cross}, unexpected {unexpected}")
+        model.init_heads_from_encoders(mlm_head_state)
         logger.info(
-            f"SISC initialised from {vision_model_name_or_path} and {text_model_name_or_path} "
-            f"({num_text_layers} text + {num_fusion_layers} fusion layers)"
+            f"SISC initialised from {vision_model_name_or_path or 'a random image tower'} and "
+            f"{text_model_name_or_path or 'random text towers'} ({config.text_config.num_hidden_layers} text + "
+            f"{config.fusion_encoder_config.num_hidden_layers} fusion layers)"
         )
         return model
+
+    def init_heads_from_encoders(self, mlm_head_state: dict | None) -> None:
+        """Start the heads that copy pretrained parts once the encoders are loaded (`mlm_head_state`: BERT's MLM
+        head, None when the text checkpoint has none)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1019,6 +1140,14 @@ class SiscForPreTraining(SiscPreTrainedModel):
         # Created after post_init so that it starts as an exact copy of the initialised towers.
         self.momentum_encoder = SiscMomentumEncoder(self.sisc, config) if config.use_momentum_distillation else None
 
+    @torch.no_grad()
+    def init_heads_from_encoders(self, mlm_head_state: dict | None) -> None:
+        if mlm_head_state is not None:
+            self.mlm_head.load_state_dict(mlm_head_state)
+        self.tie_weights()
+        if self.momentum_encoder is not None:  # the copy of the towers just loaded
+            self.momentum_encoder.update(self.sisc, momentum=0.0)
+
     def momentum_contrastive_loss(
         self,
         image_embeds,
@@ -1418,6 +1547,17 @@ class SiscForQuestionAnswering(_SiscTaskModel):
         self.init_answer_decoder_from_fusion(pretrained_model_name_or_path)
 
     @torch.no_grad()
+    def init_heads_from_encoders(self, mlm_head_state: dict | None) -> None:
+        if self.answer_decoder is None:
+            return
+        self.init_answer_decoder_from_fusion()
+        if mlm_head_state is not None:  # the decoder's LM head is BERT's MLM head (its decoder weight is tied)
+            self.answer_decoder.cls.load_state_dict(
+                {k: v for k, v in mlm_head_state.items() if not k.endswith("decoder.weight")}, strict=False
+            )
+        self.answer_decoder.tie_weights()
+
+    @torch.no_grad()
     def init_answer_decoder_from_fusion(self, pretrained_model_name_or_path=None) -> None:
         """Start the answer decoder from the pretrained fusion encoder (ALBEF initialises its decoder from BERT's
         last layers too): layer i of the decoder copies fusion layer i (the parameter names match `BertLayer`),
@@ -1691,6 +1831,9 @@ class SiscForVisualReasoning(_SiscTaskModel):
     def _init_missing_from_pretrained(self, missing_keys: set, pretrained_model_name_or_path) -> None:
         if any(k.startswith("second_crossattention.") for k in missing_keys):
             self.init_second_branch_from_first()
+
+    def init_heads_from_encoders(self, mlm_head_state: dict | None) -> None:
+        self.init_second_branch_from_first()
 
     @torch.no_grad()
     def init_second_branch_from_first(self) -> None:

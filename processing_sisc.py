@@ -10,6 +10,11 @@ downloaded:
     batch = processor(images=[img1, img2], text=["a red circle", "two blue squares"])
     # batch: pixel_values (2, 3, 64, 64) float32, input_ids / token_type_ids / attention_mask (2, L) int64
 
+`SiscProcessor.from_pretrained_encoders(tokenizer_name_or_path, vision_model_name_or_path, image_size)` gives the
+processor of a model started from pretrained encoders: the text model's tokenizer and the vision model's
+normalisation (its preprocessor config, read with `AutoImageProcessor`). `special_token_ids(tokenizer)` checks that a
+tokenizer has the special tokens SISC needs.
+
 `processor.save_pretrained(d)` writes the image processor and tokenizer configs plus a copy of this file, and
 `AutoProcessor.from_pretrained(d, trust_remote_code=True)` reloads it. `AutoTokenizer.from_pretrained(d)` and
 `AutoImageProcessor.from_pretrained(d)` load the two built-in halves without remote code.
@@ -25,12 +30,39 @@ import os
 import numpy as np
 from PIL import Image
 
-from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase, ProcessorMixin, ViTImageProcessorPil
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    BertTokenizer,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    ViTImageProcessorPil,
+)
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 from transformers.models.bert.tokenization_bert import load_vocab
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 VOCAB_FILE_NAME = "sisc_vocab.txt"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# The special tokens SISC needs (BERT's names; other tokenizers' equivalents, e.g. <s> </s> <mask> <pad>, do too):
+# [CLS] starts every text and is its summary, [SEP] ends it, [MASK] is MLM's, [PAD] fills batches.
+SPECIAL_TOKENS = {"cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]", "pad_token": "[PAD]"}
+
+
+def special_token_ids(tokenizer, name: str = "the tokenizer") -> dict[str, int]:
+    """{"cls_token_id", "sep_token_id", "mask_token_id", "pad_token_id"} of `tokenizer`; ValueError naming the
+    special tokens it lacks."""
+    ids = {f"{token}_id": getattr(tokenizer, f"{token}_id", None) for token in SPECIAL_TOKENS}
+    missing = [f"{SPECIAL_TOKENS[token]} ({token})" for token in SPECIAL_TOKENS if ids[f"{token}_id"] is None]
+    if missing:
+        raise ValueError(
+            f"{name} lacks the special tokens {', '.join(missing)} that SISC needs ([CLS] starts each text and is its "
+            "summary, [SEP] ends it, [MASK] is masked language modelling's, [PAD] pads batches): use a BERT-style "
+            "tokenizer, or add them (tokenizer.add_special_tokens) and save it"
+        )
+    return ids
 
 
 def _to_eight_bit(image):
@@ -144,6 +176,44 @@ class SiscProcessor(ProcessorMixin):
         )
         return cls(image_processor=image_processor, tokenizer=tokenizer)
 
+    @classmethod
+    def from_pretrained_encoders(
+        cls,
+        tokenizer_name_or_path: str | os.PathLike | None = None,
+        vision_model_name_or_path: str | os.PathLike | None = None,
+        image_size: int | tuple[int, int] = 64,
+        max_length: int | None = None,
+    ) -> "SiscProcessor":
+        """The processor of a model started from pretrained encoders: the tokenizer of `tokenizer_name_or_path` (a
+        folder or Hub id, e.g. the text model's; None: the shipped vocabulary) and images resized to `image_size`
+        (the image tower's input size), normalised as the vision model's own image processor does (0.5 / 0.5
+        without a vision model). Raises ValueError when the tokenizer lacks the special tokens SISC needs.
+        """
+        if tokenizer_name_or_path is None:
+            processor = build_default_processor(max_length=max_length or 32)
+            tokenizer = processor.tokenizer
+        else:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"no tokenizer could be loaded from {tokenizer_name_or_path} ({error}); pass "
+                                 "--tokenizer_name_or_path with a folder or Hub id holding one") from error
+        special_token_ids(tokenizer, f"the tokenizer of {tokenizer_name_or_path or VOCAB_FILE_NAME}")
+        images = image_settings(vision_model_name_or_path) if vision_model_name_or_path else {}
+        return cls.from_bert_tokenizer(tokenizer, image_size=image_size, max_length=max_length, **images)
+
+
+def image_settings(vision_model_name_or_path) -> dict:
+    """{"image_mean", "image_std"} of a vision checkpoint's image processor (its preprocessor config); {} when it
+    has none (the processor's defaults apply)."""
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+    except (OSError, ValueError):
+        logger.warning(f"vision model {vision_model_name_or_path} has no image processor config: images are "
+                       "normalised with mean = std = 0.5")
+        return {}
+    return {"image_mean": list(image_processor.image_mean), "image_std": list(image_processor.image_std)}
+
 
 def build_default_processor(image_size: int = 64, max_length: int = 32, vocab_file: str | None = None) -> SiscProcessor:
     """The processor of the default small SISC model: 64 x 64 images normalised to [-1, 1] and the shipped
@@ -159,4 +229,4 @@ def build_default_processor(image_size: int = 64, max_length: int = 32, vocab_fi
 
 SiscProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["SiscProcessor", "build_default_processor"]
+__all__ = ["SiscProcessor", "build_default_processor", "special_token_ids"]
