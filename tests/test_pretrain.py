@@ -78,7 +78,7 @@ def test_pretrain_saves_a_loadable_checkpoint(pairs_file, tmp_path, loss):
 def test_config_file_with_flag_override(pairs_file, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("loss: infonce\nmax_steps: 2\nlearning_rate: 0.0005\n")
-    model_args, data_args, args = parse_args(pretrain.ARGUMENTS, ["--config", str(config), "--max_steps", "1"])
+    model_args, data_args, args, _ = parse_args(pretrain.ARGUMENTS, ["--config", str(config), "--max_steps", "1"])
     assert model_args.loss == "infonce" and args.learning_rate == 0.0005 and args.max_steps == 1
     config.write_text("not_a_field: 1\n")
     with pytest.raises(ValueError, match="not_a_field"):

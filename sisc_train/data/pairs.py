@@ -433,6 +433,11 @@ def vocabulary_report(input_ids, attention_mask, tokenizer, captions: list[str] 
     }
 
 
+# what to do about it (the flags of sisc_train/tasks/encoders.py)
+TOKENIZER_HINT = ("use a tokenizer that covers these captions: pass --tokenizer_name_or_path (e.g. bert-base-uncased), "
+                  "or --text_model_name_or_path to start from a pretrained BERT-family text model with its tokenizer")
+
+
 def check_vocabulary(
     report: dict,
     *,
@@ -451,13 +456,12 @@ def check_vocabulary(
     if report["unk_share"] > max_unk:
         raise ValueError(
             f"the tokenizer cannot read these captions: {numbers} (more than {max_unk:.0%} [UNK] is refused); {example}. "
-            "Use a tokenizer/vocabulary that covers these captions."
+            f"To fix it, {TOKENIZER_HINT}."
         )
     if report["unk_share"] > warn_unk or report["fragment_share"] > warn_fragments:
         logger.warning(
-            "the tokenizer reads these captions poorly: %s (warning above %.0f%% / %.0f%%); %s. Training goes on; a "
-            "tokenizer/vocabulary that covers these captions would serve them better.",
-            numbers, 100 * warn_unk, 100 * warn_fragments, example,
+            "the tokenizer reads these captions poorly: %s (warning above %.0f%% / %.0f%%); %s. Training goes on; %s.",
+            numbers, 100 * warn_unk, 100 * warn_fragments, example, TOKENIZER_HINT,
         )
 
 

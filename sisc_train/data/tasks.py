@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class TaskDataArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "The pretrained SISC checkpoint to start from (required)."}
+        default=None,
+        metadata={"help": "The pretrained SISC checkpoint to start from (or a new model: --model_config, encoder flags)."}
     )
     dataset: str = field(
         default="shapes",

@@ -145,6 +145,16 @@ def param_groups(model, learning_rate: float, vision_learning_rate: float, weigh
     return list(groups.values())
 
 
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters of `model` (tied weights once): all, trainable, and without ALBEF's momentum copy (a frozen EMA of the
+    towers, which the paper's parameter counts leave out)."""
+    named = dict(model.named_parameters())  # deduplicated: a tied weight appears once
+    momentum = sum(p.numel() for name, p in named.items() if "momentum_encoder." in f".{name}")
+    total = sum(p.numel() for p in named.values())
+    return {"total": total, "trainable": sum(p.numel() for p in named.values() if p.requires_grad),
+            "without_momentum_copy": total - momentum}
+
+
 def trackers(report_to: str):
     if report_to == "auto":  # tensorboard when it is installed, else none
         return "tensorboard" if importlib.util.find_spec("tensorboard") else None
@@ -210,6 +220,9 @@ def train(task: Task, args: TrainingArguments) -> dict:
     )
     steps_per_epoch, total_steps = schedule(rows, args, accelerator.num_processes, streaming)
     model = task.build_model(total_steps)
+    parameters = parameter_counts(model)
+    accelerator.print(f"{type(model).__name__}: {parameters['total']:,} parameters, {parameters['trainable']:,} trainable, "
+                      f"{parameters['without_momentum_copy']:,} without the momentum copy")
     optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, args.vision_lr(), args.weight_decay))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max(total_steps - 1, 0)), max(total_steps, 1))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -321,6 +334,7 @@ def train(task: Task, args: TrainingArguments) -> dict:
         "global_step": global_step,
         "validation_history": keep_best.history,
         "best_model": keep_best.best if task.has_validation() else None,
+        "parameters": parameters,
         "skipped_samples": task.skips.skipped,
         "seen_samples": task.skips.seen,
         "skip_reasons": dict(task.skips.reasons),

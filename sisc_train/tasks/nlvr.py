@@ -3,6 +3,8 @@
     accelerate launch train/finetune_nlvr.py --model_name_or_path outputs/sisc-small
     accelerate launch train/finetune_nlvr.py --model_name_or_path M --dataset my_nlvr2_folder --validation_split dev \
         --text_assignment_data my_caption_pairs.jsonl
+    accelerate launch train/finetune_nlvr.py --text_model_name_or_path bert-base-uncased \
+        --vision_model_name_or_path google/vit-base-patch16-224-in21k --model_config base   # from encoders
 
 First ALBEF's text-assignment step (sisc_train/tasks/text_assignment.py: caption + two images -> first / second / neither, 20,000
 examples, on the embedded captions when the NLVR data is the embedded one; `--text_assignment_examples 0` skips it),
@@ -27,6 +29,7 @@ from sisc_train.evaluation.nlvr import NlvrCollator, evaluate_nlvr, majority_bas
 from sisc_train.loop.arguments import TrainingArguments, parse_args
 from sisc_train.loop.trainer import train
 from sisc_train.tasks.common import FineTuningTask, save_task_card
+from sisc_train.tasks.encoders import EncoderArguments
 from sisc_train.tasks.text_assignment import TextAssignmentArguments, run_text_assignment, text_assignment_source
 
 
@@ -49,8 +52,9 @@ class NlvrTask(FineTuningTask):
     name = data_name = "nlvr"
     script = "finetune_nlvr.py"
 
-    def __init__(self, data_args: NlvrDataArguments, ta_args: TextAssignmentArguments, args: NlvrTrainingArguments):
-        super().__init__(data_args, args)
+    def __init__(self, data_args: NlvrDataArguments, ta_args: TextAssignmentArguments, args: NlvrTrainingArguments,
+                 encoder_args: EncoderArguments | None = None):
+        super().__init__(data_args, args, encoder_args)
         self.ta_args = ta_args
         self.ta_source = text_assignment_source(ta_args, data_args.dataset)
         self.text_assignment = None
@@ -70,7 +74,7 @@ class NlvrTask(FineTuningTask):
         return self.train_rows, NlvrCollator(self.processor)
 
     def build_model(self, total_steps: int) -> SiscForVisualReasoning:
-        model = SiscForVisualReasoning.from_pretrained(self.data_args.model_name_or_path)
+        model = self.start_model(SiscForVisualReasoning)
         if self.ta_source and not self.args.resume_from_checkpoint:
             self.text_assignment = run_text_assignment(
                 model, self.processor, self.args, self.ta_args, self.ta_source, self.data_args.data_cache_dir
@@ -104,7 +108,7 @@ class NlvrTask(FineTuningTask):
                 print(f"[nlvr] {name} accuracy by statement type: {by_type}", flush=True)
 
     def write_card(self, model, summary: dict) -> None:
-        save_task_card(self.args, self.data_args, model, summary, card_kwargs=dict(
+        save_task_card(self.args, self.data_args, model, summary, encoder_args=self.encoder_args, card_kwargs=dict(
             dataset_description=("embedded synthetic two-image statements about coloured-shape scenes (sisc_train/synthetic/shapes_tasks.py)"
                                  if self.data_args.dataset == "shapes" else "NLVR2-layout data"),
             num_train_pairs=len(self.train_rows),
@@ -147,8 +151,10 @@ class NlvrTask(FineTuningTask):
 
 
 def main(argv=None) -> dict:
-    data_args, ta_args, args = parse_args((NlvrDataArguments, TextAssignmentArguments, NlvrTrainingArguments), argv)
-    summary = train(NlvrTask(data_args, ta_args, args), args)
+    data_args, ta_args, args, encoder_args = parse_args(
+        (NlvrDataArguments, TextAssignmentArguments, NlvrTrainingArguments, EncoderArguments), argv
+    )
+    summary = train(NlvrTask(data_args, ta_args, args, encoder_args), args)
     summary.pop("model")
     return summary
 

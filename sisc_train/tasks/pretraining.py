@@ -6,6 +6,11 @@ With no arguments this is the repository's main job: it builds (or loads from ca
 trains the small default model on the CPU for a few minutes, evaluates zero-shot retrieval on the held-out split
 and saves a checkpoint (safetensors, config, processor, code, model card) to `--output_dir`.
 
+Start from pretrained encoders, or build the paper-sized model (sisc_train/tasks/encoders.py):
+
+    accelerate launch train/pretrain.py --model_config base --vision_model_name_or_path google/vit-base-patch16-224-in21k \
+        --text_model_name_or_path bert-base-uncased --output_dir outputs/sisc-base
+
 Train a teacher with plain InfoNCE on the clean split, then the student with it:
 
     accelerate launch train/pretrain.py --loss infonce --train_split annotated --output_dir outputs/teacher
@@ -31,7 +36,6 @@ from transformers import AutoProcessor
 
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscModel
-from processing_sisc import build_default_processor
 from sisc_train.data.pairs import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
@@ -54,6 +58,14 @@ from sisc_train.loop.arguments import TrainingArguments, parse_args
 from sisc_train.loop.trainer import Task, train
 from sisc_train.publishing.model_card import render_model_card
 from sisc_train.synthetic.shapes import ShapesConfig, batch_relevance, load_shapes_dataset
+from sisc_train.tasks.encoders import (
+    ENCODER_SETTINGS,
+    EncoderArguments,
+    base_model_names,
+    build_new_model,
+    build_processor,
+    check_start,
+)
 
 matplotlib.use("Agg")  # weight plots are written to files, never shown
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -62,7 +74,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from this SISC checkpoint; default: the small model from scratch."}
+        default=None,
+        metadata={"help": "Start from this SISC checkpoint; default: a new model (--model_config, encoder flags)."},
     )
     loss: str = field(default="srcl", metadata={"help": "Contrastive loss: 'srcl' (regulated) or 'infonce'."})
     weight_norm: str = field(default="mean", metadata={"help": "Weight normalisation: 'mean' or 'softmax'."})
@@ -93,9 +106,6 @@ class ModelArguments:
         default=False,
         metadata={"help": "Benchmark upper bound: never use pairs the dataset's ground truth marks as matching as negatives (shapes, 1 process)."},
     )
-    image_size: int = field(default=64, metadata={"help": "Image size of the small default model."})
-    hidden_size: int = field(default=128, metadata={"help": "Hidden size of the small default model."})
-    max_length: int = field(default=32, metadata={"help": "Maximum caption length in tokens."})
 
 
 @dataclass
@@ -156,12 +166,13 @@ class PretrainingArguments(TrainingArguments):
 MODEL_SETTINGS = (
     "model_name_or_path", "loss", "weight_norm", "delta", "removal_threshold", "alpha_start", "alpha_end",
     "alpha_steps", "alpha_schedule", "teacher", "teacher_cache", "mlm_loss_weight", "itm_loss_weight",
-    "momentum_distillation", "oracle_false_negatives", "image_size", "hidden_size", "max_length",
+    "momentum_distillation", "oracle_false_negatives",
 )
 DATA_SETTINGS = ("dataset", "train_split", "shapes_preset", "shapes_num_train", "image_column", "caption_column", "streaming")
 
 
-def build_model(model_args: ModelArguments, processor, total_steps: int) -> SiscForPreTraining:
+def build_model(model_args: ModelArguments, processor, total_steps: int,
+                encoder_args: EncoderArguments | None = None) -> SiscForPreTraining:
     regulation = dict(
         contrastive_loss=model_args.loss,
         weight_norm=model_args.weight_norm,
@@ -182,18 +193,7 @@ def build_model(model_args: ModelArguments, processor, total_steps: int) -> Sisc
         if model.momentum_encoder is not None and not SiscConfig.from_pretrained(model_args.model_name_or_path).use_momentum_distillation:
             model.momentum_encoder.update(model.sisc, momentum=0.0)  # the checkpoint has none: start as a copy
         return model
-    tokenizer = processor.tokenizer
-    config = SiscConfig.small(
-        vocab_size=len(tokenizer),
-        image_size=model_args.image_size,
-        hidden_size=model_args.hidden_size,
-        pad_token_id=tokenizer.pad_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        mask_token_id=tokenizer.mask_token_id,
-        **regulation,
-    )
-    return SiscForPreTraining(config)
+    return build_new_model(SiscForPreTraining, encoder_args or EncoderArguments(), processor.tokenizer, **regulation)
 
 
 def shapes_config_from_args(data_args: DataArguments) -> ShapesConfig:
@@ -327,7 +327,8 @@ def check_metric_name(name: str, data) -> None:
         raise ValueError(f"--metric_for_best_model {name!r} is not a retrieval metric of this data; choose one of {sorted(known)}")
 
 
-def write_card(args, model_args, data_args, config, metrics, data_description, num_pairs, *, rerank_metrics=None, fine_tuned_for=None) -> None:
+def write_card(args, model_args, data_args, config, metrics, data_description, num_pairs, *, rerank_metrics=None, fine_tuned_for=None,
+               encoder_args=None) -> None:
     hyperparameters = {
         "per_device_batch_size": args.per_device_batch_size,
         "learning_rate": args.learning_rate,
@@ -349,7 +350,7 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         dataset_description=data_description,
         num_train_pairs=num_pairs,
         hyperparameters=hyperparameters,
-        base_model=model_args.model_name_or_path,
+        base_model=base_model_names(model_args.model_name_or_path, encoder_args),
         teacher=model_args.teacher or model_args.teacher_cache,
         eval_split=data_args.eval_split or "none",
         eval_dataset_name=data_args.eval_dataset,
@@ -368,9 +369,12 @@ class PretrainingTask(Task):
     name = "pretrain"
     fine_tuned_for: str | None = None  # set by retrieval fine-tuning: the model card says so
 
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: PretrainingArguments):
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: PretrainingArguments,
+                 encoder_args: EncoderArguments | None = None):
         super().__init__(args)
         self.model_args, self.data_args = model_args, data_args
+        self.encoder_args = encoder_args or EncoderArguments()
+        check_start(model_args.model_name_or_path, self.encoder_args)
         self.skips.max_bad_fraction = data_args.max_bad_fraction
         # a switched-off loss leaves its head without gradients, which DDP must be told about
         self.find_unused_parameters = 0 in (model_args.mlm_loss_weight, model_args.itm_loss_weight)
@@ -379,6 +383,7 @@ class PretrainingTask(Task):
 
     def settings(self) -> dict:
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS},
+                **{name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS},
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
     def load_data(self):
@@ -388,7 +393,7 @@ class PretrainingTask(Task):
         self.processor = (
             AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
             if model_args.model_name_or_path
-            else build_default_processor(image_size=model_args.image_size, max_length=model_args.max_length)
+            else build_processor(self.encoder_args)
         )
         self.train_rows, self.eval_sets, self.data_description = load_data(data_args)
         if data_args.validation_split:
@@ -407,7 +412,7 @@ class PretrainingTask(Task):
         return self.train_rows, PairCollator(self.processor, passthrough=passthrough, relevance_fn=relevance_fn)
 
     def build_model(self, total_steps: int) -> SiscForPreTraining:
-        model = build_model(self.model_args, self.processor, total_steps)
+        model = build_model(self.model_args, self.processor, total_steps, self.encoder_args)
         check_contrastive_batch(model.config, self.args.per_device_batch_size, self.accelerator.num_processes)
         self.config = model.config
         return model
@@ -502,6 +507,7 @@ class PretrainingTask(Task):
         write_card(
             self.args, self.model_args, self.data_args, model.config, summary["metrics"], self.data_description,
             len_or_none(self.train_rows), rerank_metrics=summary["rerank_metrics"], fine_tuned_for=self.fine_tuned_for,
+            encoder_args=self.encoder_args,
         )
 
     def print_results(self, summary: dict) -> None:
@@ -521,7 +527,8 @@ def len_or_none(rows):
         return None
 
 
-ARGUMENTS = (ModelArguments, DataArguments, PretrainingArguments)
+# the encoder arguments last: a task takes them as its optional fourth argument
+ARGUMENTS = (ModelArguments, DataArguments, PretrainingArguments, EncoderArguments)
 
 
 def main(argv=None, defaults: dict | None = None, task_class: type[PretrainingTask] = PretrainingTask) -> dict:

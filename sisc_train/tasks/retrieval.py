@@ -1,6 +1,8 @@
 """Fine-tune a pretrained SISC checkpoint for image-text retrieval: SRCL + ITM, model selection on a validation split.
 
     accelerate launch train/finetune_retrieval.py --model_name_or_path outputs/sisc-small
+    accelerate launch train/finetune_retrieval.py --text_model_name_or_path bert-base-uncased \\
+        --vision_model_name_or_path openai/clip-vit-base-patch16 --model_config base   # straight from encoders
     accelerate launch train/finetune_retrieval.py --model_name_or_path M --dataset coco_karpathy.json \\
         --image_root coco/ --train_split train --validation_split val --eval_split test --push_to_hub me/sisc-coco
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import sys
 
+from sisc_train.tasks.encoders import START_FLAGS
 from sisc_train.tasks.pretraining import PretrainingTask
 from sisc_train.tasks.pretraining import main as pretraining_main
 
@@ -46,8 +49,11 @@ class RetrievalFinetuningTask(PretrainingTask):
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     given = {arg.split("=", 1)[0] for arg in argv}
-    if not given & {"--model_name_or_path", "--config", "--help", "-h"}:  # --help prints the options instead
-        raise SystemExit("finetune_retrieval.py needs --model_name_or_path: the pretrained SISC checkpoint to start from")
+    starts = {"--model_name_or_path", *(f"--{name}" for name in START_FLAGS)}
+    if not given & {*starts, "--config", "--help", "-h"}:  # --help prints the options instead
+        raise SystemExit("finetune_retrieval.py needs --model_name_or_path (the pretrained SISC checkpoint to start from) "
+                         "or the parts of a new model (--text_model_name_or_path, --vision_model_name_or_path, "
+                         "--model_config)")
     return pretraining_main(argv, defaults=FINETUNE_DEFAULTS, task_class=RetrievalFinetuningTask)
 
 

@@ -3,6 +3,8 @@
     accelerate launch train/finetune_vqa.py --model_name_or_path outputs/sisc-small
     accelerate launch train/finetune_vqa.py --model_name_or_path M --vqa_head classify --output_dir outputs/vqa-cls
     accelerate launch train/finetune_vqa.py --model_name_or_path M --dataset my_vqa_v2_folder --answer_list answers.json
+    accelerate launch train/finetune_vqa.py --text_model_name_or_path bert-base-uncased \
+        --vision_model_name_or_path google/vit-base-patch16-224-in21k --model_config base   # from encoders
 
 Data: a `datasets` DatasetDict in the VQA v2 layout (`question`, `answers` = the annotators' [{"answer": ...}],
 `image`, `question_id`, optionally `answer_type` / `question_type`); "shapes" (default) is the embedded synthetic
@@ -34,6 +36,7 @@ from sisc_train.evaluation.vqa_metrics import normalize_answer, soft_targets
 from sisc_train.loop.arguments import TrainingArguments, parse_args
 from sisc_train.loop.trainer import train
 from sisc_train.tasks.common import FineTuningTask, save_task_card
+from sisc_train.tasks.encoders import EncoderArguments
 
 
 @dataclass
@@ -104,8 +107,9 @@ class VqaTask(FineTuningTask):
     name = data_name = "vqa"
     script = "finetune_vqa.py"
 
-    def __init__(self, data_args: TaskDataArguments, vqa_args: VqaArguments, args: VqaTrainingArguments):
-        super().__init__(data_args, args)
+    def __init__(self, data_args: TaskDataArguments, vqa_args: VqaArguments, args: VqaTrainingArguments,
+                 encoder_args: EncoderArguments | None = None):
+        super().__init__(data_args, args, encoder_args)
         self.vqa_args = vqa_args
 
     def settings(self) -> dict:
@@ -129,7 +133,7 @@ class VqaTask(FineTuningTask):
         overrides = {"vqa_head": self.vqa_args.vqa_head, "vqa_answers": self.answers}
         if self.vqa_args.k_test is not None:
             overrides["vqa_k_test"] = self.vqa_args.k_test
-        model = SiscForQuestionAnswering.from_pretrained(self.data_args.model_name_or_path, **overrides)
+        model = self.start_model(SiscForQuestionAnswering, **overrides)
         tokens = model.tokenize_answer_list(self.processor.tokenizer) if self.vqa_args.vqa_head == "generate" else None
         if tokens is not None:
             tokens = {k: v.cpu() for k, v in tokens.items()}
@@ -167,7 +171,7 @@ class VqaTask(FineTuningTask):
         head = ("an answer decoder (BERT decoder with cross-attention to the fused question) whose answers are ranked "
                 f"over a closed list of {len(self.answers)} answers" if self.vqa_args.vqa_head == "generate"
                 else f"a classifier over a closed list of {len(self.answers)} answers")
-        save_task_card(self.args, self.data_args, model, summary, card_kwargs=dict(
+        save_task_card(self.args, self.data_args, model, summary, encoder_args=self.encoder_args, card_kwargs=dict(
             dataset_description=("embedded synthetic VQA questions about coloured-shape scenes (sisc_train/synthetic/shapes_tasks.py)"
                                  if self.data_args.dataset == "shapes" else "VQA v2-layout data"),
             num_train_pairs=len(self.train_rows),
@@ -199,8 +203,10 @@ class VqaTask(FineTuningTask):
 
 
 def main(argv=None) -> dict:
-    data_args, vqa_args, args = parse_args((TaskDataArguments, VqaArguments, VqaTrainingArguments), argv)
-    task = VqaTask(data_args, vqa_args, args)
+    data_args, vqa_args, args, encoder_args = parse_args(
+        (TaskDataArguments, VqaArguments, VqaTrainingArguments, EncoderArguments), argv
+    )
+    task = VqaTask(data_args, vqa_args, args, encoder_args)
     summary = train(task, args)
     summary.pop("model")
     return summary

@@ -21,11 +21,13 @@ from transformers import (
     ViTImageProcessor,
     ViTModel,
 )
+from transformers.models.bert.tokenization_bert import load_vocab
 
 # every word of the shapes captions' vocabulary that the tests meet is not needed: [UNK] stands for the rest
 WORDS = ["a", "an", "the", "red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "and", "of",
          "two", "three", "small", "large", "left", "right", "is", "there", "how", "many", "what", "color", "yes", "no",
-         "one", "four", "image", "both", "images", "contain", "##s", "shape", "shapes", "on", "in", "with", "?"]
+         "one", "four", "image", "both", "images", "contain", "##s", "shape", "shapes", "on", "in", "with", "?",
+         "something"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 IMAGE_SIZE, PATCH = 16, 8
@@ -38,7 +40,7 @@ def save_tokenizer(folder, special=SPECIAL) -> BertTokenizer:
     vocab_file = folder / "vocab.txt"
     vocab_file.write_text("\n".join([*special, *WORDS]) + "\n")
     kwargs = {} if "[MASK]" in special else {"mask_token": None}
-    tokenizer = BertTokenizer(vocab_file=str(vocab_file), do_lower_case=True, **kwargs)
+    tokenizer = BertTokenizer(vocab=load_vocab(str(vocab_file)), do_lower_case=True, **kwargs)
     tokenizer.save_pretrained(folder)
     return tokenizer
 

@@ -1,0 +1,187 @@
+"""How a new model starts, the same for every trainer (pretraining, retrieval fine-tuning, VQA, NLVR): a preset or
+config file (`--model_config small|base|FILE`), pretrained encoders (`--vision_model_name_or_path`,
+`--text_model_name_or_path` split by `--num_text_layers`), the tokenizer (`--tokenizer_name_or_path`) and the image
+settings (`--image_size`).
+
+    accelerate launch train/pretrain.py --model_config base \\
+        --vision_model_name_or_path google/vit-base-patch16-224-in21k --text_model_name_or_path bert-base-uncased
+
+The tokenizer defaults to the text model's (the shipped toy vocabulary without one); the image size to the vision
+model's own (else the preset's: small 64, base 256), its normalisation to the vision model's image processor. The
+config's special token ids and vocabulary size come from the tokenizer. With encoders, the encoders set the towers'
+sizes and the preset (or FILE) the rest (embedding size, temperature, ...); a tower without an encoder starts from
+the preset's random weights.
+
+This module lives in `tasks/`, the top layer, because only the trainers start models: the loop receives a built
+model through `Task.build_model`, and data, evaluation and publishing never need to know where a model came from. It
+imports only the root model files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from configuration_sisc import SiscConfig
+from modeling_sisc import vision_encoder_config
+from processing_sisc import SiscProcessor, special_token_ids
+
+PRESETS = ("small", "base")
+SMALL_IMAGE_SIZE, SMALL_HIDDEN_SIZE = 64, 128
+
+
+@dataclass
+class EncoderArguments:
+    model_config: str | None = field(
+        default=None,
+        metadata={"help": "The new model: 'small' (default: the toy model that trains on a CPU in minutes), 'base' (the "
+                          "paper's: ViT-B/16 at 256 px, 6 + 6 BERT-base layers, 256-d embeddings, ~210M parameters) or a "
+                          "SiscConfig JSON file. With encoders, they set the towers' sizes and this the rest."},
+    )
+    vision_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Start the image encoder from this ViT, DeiT, CLIP(-vision) or SigLIP(-vision) checkpoint "
+                          "(folder or Hub id; of a full CLIP / SigLIP its vision tower)."},
+    )
+    text_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Start the text and fusion encoders from this BERT-family checkpoint (folder or Hub id): its "
+                          "first --num_text_layers layers become the text encoder, the rest the fusion encoder; its MLM "
+                          "head is reused when it has one."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer (folder or Hub id); default: the text model's, else the shipped toy vocabulary."},
+    )
+    num_text_layers: int | None = field(
+        default=None, metadata={"help": "Layers of the text model that form the text encoder (default: half)."}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Image size of a new model (default: the vision model's own, else small 64 / base 256); a "
+                          "pretrained tower's position embeddings are interpolated to it."},
+    )
+    hidden_size: int | None = field(
+        default=None, metadata={"help": "Width of the small model's random towers (default 128)."}
+    )
+    max_length: int = field(default=32, metadata={"help": "Maximum caption length in tokens of a new model."})
+
+
+# what a resumed run must share with the run that wrote its checkpoint
+ENCODER_SETTINGS = (
+    "model_config", "vision_model_name_or_path", "text_model_name_or_path", "tokenizer_name_or_path",
+    "num_text_layers", "image_size", "hidden_size", "max_length",
+)
+# the flags that say where a new model starts (they cannot go with a SISC checkpoint)
+START_FLAGS = ("model_config", "vision_model_name_or_path", "text_model_name_or_path", "tokenizer_name_or_path",
+               "num_text_layers")
+
+
+def starts_new_model(encoder_args: EncoderArguments | None) -> bool:
+    """Whether any flag asks for a new model (a preset, encoders or a tokenizer)."""
+    return encoder_args is not None and any(getattr(encoder_args, name) is not None for name in START_FLAGS)
+
+
+def check_start(model_name_or_path: str | None, encoder_args: EncoderArguments) -> None:
+    """ValueError for combinations that cannot be meant together."""
+    given = [f"--{name}" for name in START_FLAGS if getattr(encoder_args, name) is not None]
+    if model_name_or_path and given:
+        raise ValueError(
+            f"--model_name_or_path {model_name_or_path} (a SISC checkpoint, which has its encoders, tokenizer and "
+            f"config) cannot go with {', '.join(given)}: give either the checkpoint or the new model's parts"
+        )
+    if encoder_args.num_text_layers is not None and not encoder_args.text_model_name_or_path:
+        raise ValueError("--num_text_layers splits a pretrained text model: give --text_model_name_or_path too")
+    kind = encoder_args.model_config or "small"
+    if encoder_args.hidden_size is not None and kind != "small":
+        raise ValueError(f"--hidden_size sets the small model's width; --model_config {kind} has its own")
+    if encoder_args.max_length < 2:
+        raise ValueError(f"--max_length must be at least 2 ([CLS] and [SEP]), got {encoder_args.max_length}")
+
+
+def preset(encoder_args: EncoderArguments) -> SiscConfig | None:
+    """The SiscConfig of a FILE given as --model_config, None for a named preset."""
+    kind = encoder_args.model_config or "small"
+    if kind in PRESETS:
+        return None
+    try:
+        with open(kind, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except FileNotFoundError as error:
+        raise ValueError(f"--model_config {kind!r} is neither {' nor '.join(PRESETS)} nor an existing SiscConfig JSON "
+                         "file") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--model_config {kind}: not a JSON file ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"--model_config {kind}: a SiscConfig JSON holds an object, not {type(values).__name__}")
+    try:
+        return SiscConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--model_config {kind}: {error}") from error
+
+
+def resolve_image_size(encoder_args: EncoderArguments) -> int:
+    """--image_size, else the vision model's own, else the preset's / FILE's."""
+    if encoder_args.image_size is not None:
+        return encoder_args.image_size
+    if encoder_args.vision_model_name_or_path:
+        size = vision_encoder_config(encoder_args.vision_model_name_or_path).image_size
+    elif (encoder_args.model_config or "small") == "small":
+        size = SMALL_IMAGE_SIZE
+    elif encoder_args.model_config == "base":
+        size = SiscConfig.base().vision_config.image_size
+    else:
+        size = preset(encoder_args).vision_config.image_size
+    return size if isinstance(size, int) else size[0]
+
+
+def build_processor(encoder_args: EncoderArguments) -> SiscProcessor:
+    """The processor of the new model: its tokenizer and image settings, saved with every checkpoint. Records the
+    image size it resolved in `encoder_args` (results.json and a resume see the value used)."""
+    encoder_args.image_size = resolve_image_size(encoder_args)
+    tokenizer = encoder_args.tokenizer_name_or_path or encoder_args.text_model_name_or_path
+    return SiscProcessor.from_pretrained_encoders(
+        tokenizer, encoder_args.vision_model_name_or_path, image_size=encoder_args.image_size,
+        max_length=encoder_args.max_length,
+    )
+
+
+def build_new_model(model_class, encoder_args: EncoderArguments, tokenizer, **config_kwargs):
+    """A `model_class` (SiscForPreTraining, SiscForQuestionAnswering, ...) from the preset / FILE, the encoders and
+    the tokenizer (special token ids, vocabulary size); `config_kwargs` (loss settings, task fields) on top."""
+    ids = special_token_ids(tokenizer, "the tokenizer")
+    pad_token_id = ids.pop("pad_token_id")
+    kind = encoder_args.model_config or "small"
+    image_size = encoder_args.image_size if encoder_args.image_size is not None else resolve_image_size(encoder_args)
+    if kind == "small":
+        encoder_args.hidden_size = encoder_args.hidden_size or SMALL_HIDDEN_SIZE
+        base = SiscConfig.small(vocab_size=len(tokenizer), image_size=image_size, hidden_size=encoder_args.hidden_size,
+                                pad_token_id=pad_token_id, **ids, **config_kwargs)
+    elif kind == "base":
+        base = SiscConfig.base(vocab_size=len(tokenizer), image_size=image_size, pad_token_id=pad_token_id, **ids,
+                               **config_kwargs)
+    else:
+        base = preset(encoder_args)
+    config = model_class.config_from_encoders(
+        encoder_args.vision_model_name_or_path, encoder_args.text_model_name_or_path, encoder_args.num_text_layers,
+        config=base, image_size=image_size, vocab_size=len(tokenizer), pad_token_id=pad_token_id,
+        **ids, **config_kwargs,
+    )
+    positions = config.text_config.max_position_embeddings
+    if encoder_args.max_length > positions:
+        raise ValueError(f"--max_length {encoder_args.max_length} exceeds the {positions} positions of the text encoder")
+    if encoder_args.vision_model_name_or_path or encoder_args.text_model_name_or_path:
+        return model_class.from_pretrained_encoders(
+            encoder_args.vision_model_name_or_path, encoder_args.text_model_name_or_path, encoder_args.num_text_layers,
+            config=base, image_size=image_size, vocab_size=len(tokenizer), pad_token_id=pad_token_id,
+            **ids, **config_kwargs,
+        )
+    return model_class(config)
+
+
+def base_model_names(model_name_or_path: str | None, encoder_args: EncoderArguments | None) -> str | None:
+    """What a model card names as the base model: the SISC checkpoint, or the encoders a new model started from."""
+    if model_name_or_path or encoder_args is None:
+        return model_name_or_path
+    names = [encoder_args.vision_model_name_or_path, encoder_args.text_model_name_or_path]
+    return ", ".join(name for name in names if name) or None
