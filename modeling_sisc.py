@@ -573,17 +573,25 @@ class SiscPreTrainedModel(PreTrainedModel):
 
         mlm_head_state = None
         if text_model_name_or_path:
-            bert_mlm, info = BertForMaskedLM.from_pretrained(text_model_name_or_path, output_loading_info=True)
+            # a checkpoint saved with its MLM head says so in `architectures`; a sentence-embedding model (BertModel)
+            # is loaded without its pooler, which SISC does not use
+            architectures = AutoConfig.from_pretrained(text_model_name_or_path).architectures or []
+            if any(name.endswith(("ForMaskedLM", "ForPreTraining")) for name in architectures):
+                bert_mlm, info = BertForMaskedLM.from_pretrained(text_model_name_or_path, output_loading_info=True)
+                bert, head_missing = bert_mlm.bert, any(k.startswith("cls.") for k in info["missing_keys"])
+                if not head_missing:
+                    mlm_head_state = bert_mlm.cls.state_dict()
+            else:
+                bert, info = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False,
+                                                       output_loading_info=True)
             missing = [k for k in info["missing_keys"] if not k.startswith("cls.")]
             if missing:
                 raise ValueError(f"text model {text_model_name_or_path} lacks BERT weights: {sorted(missing)[:5]}")
-            if any(k.startswith("cls.") for k in info["missing_keys"]):
-                logger.warning(f"text model {text_model_name_or_path} has no MLM head: the MLM head starts from random "
-                               "weights (its decoder is tied to the word embeddings)")
-            else:
-                mlm_head_state = bert_mlm.cls.state_dict()
+            if mlm_head_state is None and (hasattr(model, "mlm_head") or getattr(model, "answer_decoder", None) is not None):
+                logger.warning(f"text model {text_model_name_or_path} has no MLM head: the MLM head (VQA: the answer "
+                               "decoder's LM head) starts from random weights, its decoder tied to the word embeddings")
             text_state, fusion_state = {}, {}
-            for key, value in bert_mlm.bert.state_dict().items():
+            for key, value in bert.state_dict().items():
                 match = re.match(r"encoder\.layer\.(\d+)\.(.*)", key)
                 if match is None:
                     if key.startswith("embeddings."):
