@@ -39,9 +39,11 @@ class FineTuningTask(Task):
         self.validation = None
 
     def settings(self) -> dict:
+        # a new model's settings only: a checkpoint brings its own (and resumes of runs from before they existed work)
+        new_model = ({name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
+                     if starts_new_model(self.encoder_args) else {})
         return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
-                "max_train_samples": self.data_args.max_train_samples,
-                **{name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}}
+                "max_train_samples": self.data_args.max_train_samples, **new_model}
 
     def load_splits(self) -> None:
         """The checkpoint's (or the new model's) processor, the task data, its (limited) train split and its

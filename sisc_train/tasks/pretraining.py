@@ -382,8 +382,9 @@ class PretrainingTask(Task):
         self.config = None
 
     def settings(self) -> dict:
-        return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS},
-                **{name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS},
+        # a new model's settings only: a checkpoint brings its own (and resumes of runs from before they existed work)
+        new_model = {} if self.model_args.model_name_or_path else {name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
+        return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model,
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
     def load_data(self):
