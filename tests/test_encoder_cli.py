@@ -146,6 +146,10 @@ def test_conflicting_or_bad_flags_name_the_problem(encoders, pairs_file, tmp_pat
         pretrain.main([*base, "--model_config", "base", "--hidden_size", "64"])
     with pytest.raises(ValueError, match="neither small nor base nor an existing SiscConfig JSON file"):
         pretrain.main([*base, "--model_config", str(tmp_path / "missing.json")])
+    bad_file = tmp_path / "bad.json"
+    bad_file.write_text(json.dumps({"text_config": {"hidden_size": 30, "num_attention_heads": 4}}))
+    with pytest.raises(ValueError, match=r"bad.json: SiscConfig.text_config.num_attention_heads \(4\) must divide hidden_size"):
+        pretrain.main([*base, "--model_config", str(bad_file)])
     with pytest.raises(ValueError, match=r"cannot take 4 text \+ 0 fusion layers"):
         pretrain.main([*base, "--text_model_name_or_path", str(encoders / "bert"), "--num_text_layers", "4"])
     with pytest.raises(SystemExit):

@@ -2,7 +2,7 @@
 vision tower kind (ViT, DeiT, CLIP and SigLIP, vision-only and full dual encoders) loads its weights, a BERT is split
 into the text and fusion encoders, the processor takes the encoders' tokenizer and normalisation, and bad encoders
 get errors that name the problem. The paper-sized preset (`SiscConfig.base()`) builds, trains a step, saves and
-reloads (the slowest test here, ~25 s on 2 idle CPU cores)."""
+reloads (the slowest test here, ~22 s on 2 CPU cores)."""
 
 import time
 
