@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 
 from configuration_sisc import SiscConfig
-from modeling_sisc import vision_encoder_config
+from modeling_sisc import SiscPreTrainedModel, vision_encoder_config
 from processing_sisc import SiscProcessor, special_token_ids
 
 PRESETS = ("small", "base")
@@ -140,15 +140,18 @@ def build_processor(encoder_args: EncoderArguments) -> SiscProcessor:
     image size it resolved in `encoder_args` (results.json and a resume see the value used)."""
     encoder_args.image_size = resolve_image_size(encoder_args)
     tokenizer = encoder_args.tokenizer_name_or_path or encoder_args.text_model_name_or_path
-    return SiscProcessor.from_pretrained_encoders(
+    processor = SiscProcessor.from_pretrained_encoders(
         tokenizer, encoder_args.vision_model_name_or_path, image_size=encoder_args.image_size,
         max_length=encoder_args.max_length,
     )
+    new_model_config(encoder_args, processor.tokenizer)  # a bad split or size fails here, before the data is read
+    return processor
 
 
-def build_new_model(model_class, encoder_args: EncoderArguments, tokenizer, **config_kwargs):
-    """A `model_class` (SiscForPreTraining, SiscForQuestionAnswering, ...) from the preset / FILE, the encoders and
-    the tokenizer (special token ids, vocabulary size); `config_kwargs` (loss settings, task fields) on top."""
+def new_model_config(encoder_args: EncoderArguments, tokenizer, **config_kwargs) -> tuple[SiscConfig, dict]:
+    """(the new model's SiscConfig, the arguments of `from_pretrained_encoders` that give it): the preset / FILE, the
+    encoders' configs and the tokenizer (special token ids, vocabulary size), `config_kwargs` on top. Reads configs
+    only, so a bad split or size fails before any data or weights are loaded."""
     ids = special_token_ids(tokenizer, "the tokenizer")
     pad_token_id = ids.pop("pad_token_id")
     kind = encoder_args.model_config or "small"
@@ -162,19 +165,26 @@ def build_new_model(model_class, encoder_args: EncoderArguments, tokenizer, **co
                                **config_kwargs)
     else:
         base = preset(encoder_args)
-    config = model_class.config_from_encoders(
+    start = dict(config=base, image_size=image_size, vocab_size=len(tokenizer), pad_token_id=pad_token_id, **ids,
+                 **config_kwargs)
+    config = SiscPreTrainedModel.config_from_encoders(
         encoder_args.vision_model_name_or_path, encoder_args.text_model_name_or_path, encoder_args.num_text_layers,
-        config=base, image_size=image_size, vocab_size=len(tokenizer), pad_token_id=pad_token_id,
-        **ids, **config_kwargs,
+        **start,
     )
     positions = config.text_config.max_position_embeddings
     if encoder_args.max_length > positions:
         raise ValueError(f"--max_length {encoder_args.max_length} exceeds the {positions} positions of the text encoder")
+    return config, start
+
+
+def build_new_model(model_class, encoder_args: EncoderArguments, tokenizer, **config_kwargs):
+    """A `model_class` (SiscForPreTraining, SiscForQuestionAnswering, ...) from the preset / FILE, the encoders and
+    the tokenizer (special token ids, vocabulary size); `config_kwargs` (loss settings, task fields) on top."""
+    config, start = new_model_config(encoder_args, tokenizer, **config_kwargs)
     if encoder_args.vision_model_name_or_path or encoder_args.text_model_name_or_path:
         return model_class.from_pretrained_encoders(
             encoder_args.vision_model_name_or_path, encoder_args.text_model_name_or_path, encoder_args.num_text_layers,
-            config=base, image_size=image_size, vocab_size=len(tokenizer), pad_token_id=pad_token_id,
-            **ids, **config_kwargs,
+            **start,
         )
     return model_class(config)
 
