@@ -47,12 +47,12 @@ TASK_FORMATS = {"vqa": ("vqa_v2", "albef_vqa", "saved", "hub"), "nlvr": ("nlvr2"
 DATA_FORMATS = ("auto", *dict.fromkeys(PAIR_FORMATS + TASK_FORMATS["vqa"] + TASK_FORMATS["nlvr"]))
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 KARPATHY_SPLIT_ALIASES = {"validation": "val", "dev": "val"}
-FORMAT_HELP = (
-    "Data format; 'auto' (default) detects it from the file / folder contents: "
+ACCEPTED = (
     "image-caption data: rows (json/jsonl/csv/parquet rows, ALBEF's pretraining and retrieval files), karpathy, "
     "coco_captions, webdataset, saved, imagefolder, hub; VQA: vqa_v2 (official questions + annotations), albef_vqa; "
-    "NLVR: nlvr2 (official JSON lines), albef_nlvr."
+    "NLVR: nlvr2 (official JSON lines), albef_nlvr"
 )
+FORMAT_HELP = f"Data format; 'auto' (default) detects it from the file / folder contents: {ACCEPTED}."
 _HEAD_BYTES = 1 << 16
 
 
@@ -131,6 +131,8 @@ def classify_json(path: str) -> str | None:
             return "karpathy"
         if ("images" in keys and "file_name" in keys) or ("annotations" in keys and "caption" in keys):
             return "coco_captions"
+        if shape.row_keys and not any(k in shape.row_keys for k in ("images", "annotations", "questions")):
+            return "rows"  # one complete object: a JSON-lines file of one row
     return None
 
 
@@ -198,9 +200,11 @@ def _detect(source: str, dataset_config: str | None) -> str:
         if extension in (".json", ".jsonl"):
             kind = classify_json(source)
             if kind is None:
-                raise ValueError(f"{source}: not a data file SISC recognises: found {describe_json(source)}. " + FORMAT_HELP)
+                raise ValueError(f"{source}: not a data file SISC recognises: found {describe_json(source)}; the formats "
+                                 f"accepted are {ACCEPTED} (--data_format names one)")
             return kind
-        raise ValueError(f"unsupported data file {source!r}: use one of {sorted(FILE_BUILDERS)} or .tar shards. " + FORMAT_HELP)
+        raise ValueError(f"unsupported data file {source!r}: use one of {sorted(FILE_BUILDERS)} or .tar shards; the formats "
+                         f"accepted are {ACCEPTED}")
     if os.path.isdir(source):
         if _is_saved_dataset(source):
             return "saved"
