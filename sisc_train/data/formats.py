@@ -482,13 +482,13 @@ def read_vqa_v2(files: dict[str, str], image_root: str | None = None) -> dataset
         annotations = _load_json(annotations_file, "annotations")
         require_columns(annotations, annotations_file, ("question_id", "answers"), "the entries of 'annotations'")
         asked, answered = list(questions["question_id"]), list(annotations["question_id"])
-        if asked != answered:  # the official files list both in one order; sort when they do not
+        if asked != answered:  # the official files list both in one order; reorder the annotations when they do not
             if sorted(asked) != sorted(answered):
                 unmatched = sorted(set(asked) ^ set(answered))
                 raise ValueError(f"{questions_file} and {annotations_file}: {len(unmatched)} question ids are in only one "
                                  f"of them (e.g. {unmatched[:3]})")
-            questions = questions.sort("question_id").flatten_indices()
-            annotations = annotations.sort("question_id").flatten_indices()
+            position = {question_id: row for row, question_id in enumerate(answered)}
+            annotations = annotations.select([position[q] for q in asked]).flatten_indices()
         kept = [c for c in ("answers", "multiple_choice_answer", "question_type", "answer_type") if c in annotations.column_names]
         questions = datasets.concatenate_datasets([questions, annotations.select_columns(kept)], axis=1)
     with_types = annotated and {"question_type", "answer_type"} <= set(questions.column_names)
