@@ -148,6 +148,25 @@ def test_albef_nlvr(root):
     assert data["dev"]["label"][:2] == [1, 0]
 
 
+def test_task_data_from_a_hub_dataset_config(root):
+    folder = root / "nlvr_hub"
+    card = ["---", "configs:", "- config_name: pairs", "  data_files:"]
+    for split, n in (("train", 4), ("dev", 2)):
+        rows = []
+        for i in range(n):
+            fd.square(str(folder / "images" / f"{split}{i}a.png"), i)
+            fd.square(str(folder / "images" / f"{split}{i}b.png"), i + 1)
+            rows.append({"sentence": "s", "left_image": f"images/{split}{i}a.png", "right_image": f"images/{split}{i}b.png",
+                         "label": i % 2})
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        card += [f"  - split: {split}", f"    path: {split}.jsonl"]
+    (folder / "README.md").write_text("\n".join([*card, "---", ""]))
+    data = load_task_data("nlvr", str(folder), dataset_config="pairs", splits=["train", "dev"])
+    assert len(data["train"]) == 4 and data["dev"][1]["right_image"] == str(folder / "images" / "dev1b.png")
+    with pytest.raises(ValueError, match="no split 'test'"):
+        load_task_data("nlvr", str(folder), dataset_config="pairs", splits=["test"])
+
+
 # ---- malformed files: the error names the file and the field ----
 def test_malformed_files_name_file_and_field(tmp_path):
     def write(name, content):

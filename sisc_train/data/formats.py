@@ -652,6 +652,18 @@ def read_albef_nlvr(path: str, image_root: str | None = None) -> datasets.Datase
     return rows
 
 
+def resolve_image_paths(data, root: str, columns=("image", "left_image", "right_image")):
+    """`data` (a DatasetDict) with the relative image paths of its string image `columns` joined to `root` (a Hub-style
+    local folder's, or --image_root); image features (bytes) are left as they are."""
+    for name, split in data.items():
+        present = [c for c in columns if isinstance((split.features or {}).get(c), datasets.Value)
+                   and split.features[c].dtype in ("string", "large_string")]
+        if present:
+            data[name] = split.map(lambda batch: {c: [_join(root, p) if p else p for p in batch[c]] for c in present},
+                                   batched=True)
+    return data
+
+
 TASK_READERS = {"albef_vqa": read_albef_vqa, "nlvr2": read_nlvr2, "albef_nlvr": read_albef_nlvr}
 
 

@@ -24,7 +24,15 @@ import datasets
 from transformers import AutoProcessor
 
 from processing_sisc import build_default_processor
-from sisc_train.data.formats import DATA_FORMATS, FORMAT_HELP, TASK_FORMATS, detect_format, read_task_split, task_file_splits
+from sisc_train.data.formats import (
+    DATA_FORMATS,
+    FORMAT_HELP,
+    TASK_FORMATS,
+    detect_format,
+    read_task_split,
+    resolve_image_paths,
+    task_file_splits,
+)
 from sisc_train.synthetic.shapes_tasks import ShapesTaskConfig, load_task_dataset
 
 logger = logging.getLogger(__name__)
@@ -94,10 +102,11 @@ def load_task_data(task: str, dataset: str, cache_dir: str = "data_cache/shapes"
         config = ShapesTaskConfig(**({"num_train": num_train} if num_train is not None else {}))
         return select_splits(load_task_dataset(task, config, cache_dir), splits, dataset)
     kind = detect_format(dataset, data_format, dataset_config, TASK_FORMATS[task])
-    if kind == "saved":
-        return select_splits(datasets.load_from_disk(dataset), splits, dataset)
-    if kind == "hub":
-        return select_splits(datasets.load_dataset(dataset, name=dataset_config), splits, dataset)
+    if kind in ("saved", "hub"):
+        data = (datasets.load_from_disk(dataset) if kind == "saved" else datasets.load_dataset(dataset, name=dataset_config))
+        data = select_splits(data, splits, dataset)
+        root = image_root or (os.path.abspath(dataset) if kind == "hub" and os.path.isdir(dataset) else None)
+        return resolve_image_paths(data, root) if root else data  # image paths relative to a local folder
     sources = task_file_splits(dataset, kind)
     wanted = list(dict.fromkeys(p for name in (splits or sources) for p in name.split("+")))
     missing = [name for name in wanted if name not in sources]
