@@ -141,8 +141,9 @@ def test_official_nlvr2(root):
 
 
 def test_albef_nlvr(root):
-    fd.write_albef_nlvr(str(root / "albef_nlvr"), str(root / "albef_nlvr_images"))
-    data = load_task_data("nlvr", str(root / "albef_nlvr"), image_root=str(root / "albef_nlvr_images"))
+    fd.write_albef_nlvr(str(root / "albef_data"), str(root / "albef_nlvr_images"))
+    fd.write_albef_vqa(str(root / "albef_data"), str(root / "albef_data_images"))  # ALBEF's data/ holds both
+    data = load_task_data("nlvr", str(root / "albef_data"), image_root=str(root / "albef_nlvr_images"))
     assert sorted(data) == ["dev", "test", "train"]
     assert data["dev"][1]["right_image"] == str(root / "albef_nlvr_images" / "nlvr_dev" / "1-img1.png")
     assert data["dev"]["label"][:2] == [1, 0]

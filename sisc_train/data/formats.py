@@ -182,14 +182,14 @@ def detect_format(source: str, data_format: str | None = None, dataset_config: s
         if data_format not in accepted:
             raise ValueError(f"--data_format {data_format!r} is not one this script reads; it reads {list(accepted)}")
         return data_format
-    kind = _detect(source, dataset_config)
+    kind = _detect(source, dataset_config, accepted)
     if kind not in accepted:
         raise ValueError(f"{source!r} looks like {kind!r} data, which this script does not read; it reads {list(accepted)} "
                          "(pass --data_format if the detection is wrong)")
     return kind
 
 
-def _detect(source: str, dataset_config: str | None) -> str:
+def _detect(source: str, dataset_config: str | None, accepted: tuple[str, ...]) -> str:
     if is_shard_pattern(source) or (os.path.isdir(source) and glob.glob(os.path.join(glob.escape(source), "*.tar"))
                                     and not _is_saved_dataset(source)):
         return "webdataset"
@@ -211,6 +211,8 @@ def _detect(source: str, dataset_config: str | None) -> str:
         if dataset_config or _has_config_card(source):
             return "hub"
         kinds = set(_task_files(source).values())
+        if len(kinds) > 1:  # ALBEF's data/ folder holds its VQA and NLVR files side by side: take this task's
+            kinds = (kinds & set(accepted)) or kinds
         if len(kinds) > 1:
             raise ValueError(f"{source}: holds files of several formats {sorted(kinds)}; pass --data_format")
         return kinds.pop() if kinds else "imagefolder"
@@ -395,21 +397,30 @@ def read_webdataset(source: str, streaming: bool = False, caption_column: str | 
     return ds.map(to_rows, batched=True, remove_columns=columns, features=features)
 
 
-def load_hub(source: str, split: str, dataset_config: str | None, streaming: bool = False):
-    """`load_dataset(source, name=dataset_config, split=split)`: a Hub id or a local folder laid out as one."""
+def load_hub(source: str, split: str | None, dataset_config: str | None, streaming: bool = False):
+    """`load_dataset(source, name=dataset_config, split=split)`: a Hub id or a local folder laid out as one (split
+    None: all its splits, a DatasetDict)."""
     try:
         return datasets.load_dataset(source, name=dataset_config, split=split, streaming=streaming)
-    except ValueError as error:
-        if "BuilderConfig" in str(error) or "config" in str(error).lower():
-            raise ValueError(f"{source}: --dataset_config {dataset_config!r}: {error}") from error
-        raise
+    except Exception as error:
+        raise _hub_error(source, dataset_config, error) from error
 
 
 def hub_splits(source: str, dataset_config: str | None) -> list[str]:
     try:
         return list(datasets.get_dataset_split_names(source, config_name=dataset_config))
-    except ValueError as error:
-        raise ValueError(f"{source}: --dataset_config {dataset_config!r}: {error}") from error
+    except Exception as error:
+        raise _hub_error(source, dataset_config, error) from error
+
+
+def _hub_error(source: str, dataset_config: str | None, error: Exception) -> Exception:
+    """The error of a failed Hub load, saying what was tried: a wrong configuration, or no such dataset."""
+    if "BuilderConfig" in str(error) or "config" in str(error).lower():
+        return ValueError(f"{source}: --dataset_config {dataset_config!r}: {error}")
+    if os.path.isdir(source):
+        return ValueError(f"{source}: cannot load this folder as a dataset ({type(error).__name__}: {error})")
+    return FileNotFoundError(f"{source!r}: no file or folder of that name here, and it could not be loaded as a Hub "
+                             f"dataset ({type(error).__name__}: {error})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -600,7 +611,7 @@ def read_nlvr2(path: str, image_root: str | None = None) -> datasets.Dataset:
     require_columns(ds, path, ("identifier", "sentence", "label"), "the rows")
     root = default_root(path, image_root)
     isdir = functools.lru_cache(maxsize=None)(os.path.isdir)
-    directories = ds["directory"] if "directory" in ds.column_names else None
+    directories = list(ds["directory"]) if "directory" in ds.column_names else None
 
     def folder(identifier: str, directory) -> str:
         base = root

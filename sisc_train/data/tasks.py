@@ -29,6 +29,7 @@ from sisc_train.data.formats import (
     FORMAT_HELP,
     TASK_FORMATS,
     detect_format,
+    load_hub,
     read_task_split,
     resolve_image_paths,
     task_file_splits,
@@ -103,7 +104,7 @@ def load_task_data(task: str, dataset: str, cache_dir: str = "data_cache/shapes"
         return select_splits(load_task_dataset(task, config, cache_dir), splits, dataset)
     kind = detect_format(dataset, data_format, dataset_config, TASK_FORMATS[task])
     if kind in ("saved", "hub"):
-        data = (datasets.load_from_disk(dataset) if kind == "saved" else datasets.load_dataset(dataset, name=dataset_config))
+        data = (datasets.load_from_disk(dataset) if kind == "saved" else load_hub(dataset, None, dataset_config))
         data = select_splits(data, splits, dataset)
         root = image_root or (os.path.abspath(dataset) if kind == "hub" and os.path.isdir(dataset) else None)
         return resolve_image_paths(data, root) if root else data  # image paths relative to a local folder

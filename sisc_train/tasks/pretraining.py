@@ -6,6 +6,14 @@ With no arguments this is the repository's main job: it builds (or loads from ca
 trains the small default model on the CPU for a few minutes, evaluates zero-shot retrieval on the held-out split
 and saves a checkpoint (safetensors, config, processor, code, model card) to `--output_dir`.
 
+Data (`--dataset`): the embedded shapes data, or the formats of `sisc_train/data/pairs.py`, detected from the file
+or folder (`--data_format` overrides): ALBEF's annotation files, Karpathy JSON, COCO captions, img2dataset's
+webdataset shards (`--streaming`), a saved dataset, an imagefolder, or a Hub dataset (`--dataset_config`):
+
+    accelerate launch train/pretrain.py --dataset coco/annotations/captions_train2017.json \
+        --eval_dataset coco/annotations/captions_val2017.json     # images in coco/train2017/, coco/val2017/
+    accelerate launch train/pretrain.py --dataset 'cc3m/{00000..00331}.tar' --streaming --eval_dataset coco_test.json
+
 Train a teacher with plain InfoNCE on the clean split, then the student with it:
 
     accelerate launch train/pretrain.py --loss infonce --train_split annotated --output_dir outputs/teacher
