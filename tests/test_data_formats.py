@@ -93,6 +93,11 @@ def test_hub_dataset_with_configs(root):
         load_pairs(folder, "test", dataset_config="nope")
     with pytest.raises(ValueError, match="no split 'validation'; its splits are"):
         load_pairs(folder, "validation", dataset_config="squares")
+    # pretraining's data settings: --dataset FOLDER --dataset_config squares --eval_split test
+    train, evaluation, _ = pretrain.load_data(pretrain.DataArguments(dataset=folder, dataset_config="squares", eval_split="test"))
+    assert len(train) == 16 and len(evaluation["test"].images) == 4
+    with pytest.raises(ValueError, match=r"--eval_split 'val': .* its splits are \['train', 'test'\]"):
+        pretrain.load_data(pretrain.DataArguments(dataset=folder, dataset_config="squares", eval_split="val"))
 
 
 # ---- VQA and NLVR formats ----
