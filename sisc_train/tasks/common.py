@@ -26,6 +26,7 @@ class FineTuningTask(Task):
 
     def settings(self) -> dict:
         return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
+                "dataset_config": self.data_args.dataset_config, "data_format": self.data_args.data_format,
                 "max_train_samples": self.data_args.max_train_samples}
 
     def load_splits(self) -> None:
@@ -33,7 +34,10 @@ class FineTuningTask(Task):
         without --validation_split)."""
         data_args = self.data_args
         self.processor = load_processor(data_args.model_name_or_path)
-        self.data = load_task_data(self.data_name, data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train)
+        wanted = [s for s in (data_args.train_split, data_args.validation_split, data_args.eval_split) if s]
+        self.data = load_task_data(self.data_name, data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train,
+                                   dataset_config=data_args.dataset_config, data_format=data_args.data_format,
+                                   image_root=data_args.image_root, splits=wanted)
         self.train_split = limit(self.data[data_args.train_split], data_args.max_train_samples)
         if data_args.validation_split:
             self.validation = limit(self.data[data_args.validation_split], data_args.max_eval_samples)
