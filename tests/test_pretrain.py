@@ -123,8 +123,8 @@ def test_collator_skips_and_refills(bad_pairs_file):
     seen, skipped, reasons, _ = pop_bookkeeping(batch)
     assert (seen, skipped) == (5, 3)
     assert reasons["empty caption"] == 1 and sum(reasons.values()) == 3
-    # the batch keeps its size; refilled slots repeat kept rows with their image id
-    assert batch["pixel_values"].shape[0] == 5 and batch["image_ids"].tolist() == [0, 0, 0, 0, 0]
+    # the batch keeps its size; refilled slots repeat kept rows with their image id (both kept rows show img0.png)
+    assert batch["pixel_values"].shape[0] == 5 and batch["image_ids"].tolist() == [rows[0]["image_id"]] * 5
 
 
 def test_skips_name_their_files_and_empty_caption_lists_count(bad_pairs_file, tmp_path):

@@ -1,18 +1,30 @@
 """Image-caption data for SISC training: loading through `datasets`, decoding in DataLoader workers, bad-sample skips.
 
-Accepted sources (`load_pairs`):
+Accepted sources (`load_pairs` dispatches by format; the readers are in `sisc_train/data/formats.py`):
 - `"shapes"`: the embedded synthetic dataset (`sisc_train/synthetic/shapes.py`), built once and cached;
-- a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`;
-- a folder of images for `datasets`' `imagefolder` loader (captions in its `metadata.jsonl` / `metadata.csv`);
-- a `.json` / `.jsonl` / `.csv` / `.parquet` file of (image path, caption) rows; relative image paths are resolved
-  against the file's folder (or `image_root`);
-- a Karpathy-split JSON (`{"images": [{"filepath", "filename", "split", "sentences": [{"raw": ...}]}]}`, the COCO /
-  Flickr30K retrieval splits; `restval` counts as train, `validation` / `dev` mean `val`).
+- "saved": a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`;
+- "imagefolder": a folder of images for `datasets`' `imagefolder` loader (captions in `metadata.jsonl` / `.csv`);
+- "rows": a `.json` / `.jsonl` / `.csv` / `.parquet` file of (image path, caption) rows; relative image paths are
+  resolved against the file's folder (or `image_root`). ALBEF's annotation files are such rows: its pretraining
+  lists `[{"image", "caption"}]` and its COCO / Flickr30K retrieval files (train: one caption per row with a string
+  `image_id`; val / test: `{"image", "caption": [5 captions]}`);
+- "karpathy": Karpathy-split JSON (`{"images": [{"filepath", "filename", "split", "sentences": [{"raw": ...}]}]}`,
+  the COCO / Flickr30K retrieval splits; `restval` counts as train, `validation` / `dev` mean `val`);
+- "coco_captions": COCO captions (`captions_train2017.json`), images under `--image_root` (default: COCO's
+  `train2017/` next to `annotations/`, when it is there);
+- "webdataset": img2dataset's tar shards (`.jpg`/`.png` + `.txt` and/or `.json`): one shard, a folder of shards or
+  a glob / brace pattern (`shards/{00000..00099}.tar`); stream them with --streaming;
+- "hub": a Hub dataset id, or a local folder laid out as one (README.md with a `configs:` section), with
+  --dataset_config and the data's own split names.
+The format is detected from the file / folder contents (`--data_format` overrides it); a file that matches none is
+an error that says what was found and which formats are accepted.
 A caption column may hold one caption or a list of captions; lists are expanded to one row per (image, caption)
-pair, and every row carries an `image_id` so that captions of one image are never each other's negatives.
+pair, and every row carries an `image_id` (an int: string ids and, without ids, image paths are mapped by
+`formats.stable_id`) so that captions of one image are never each other's negatives.
 Without --image_column / --caption_column the columns are found by their usual names (`IMAGE_COLUMNS`,
-`CAPTION_COLUMNS`). Splits are the data's own: a single data file (or saved `Dataset`) is the one split "train";
-asking for another is an error that names the splits there are, never a silent read of the training rows.
+`CAPTION_COLUMNS`). Splits are the data's own: a single data file (or saved `Dataset`, COCO captions file, set of
+shards) is the one split "train"; asking for another is an error that names the splits there are, never a silent
+read of the training rows.
 """
 
 from __future__ import annotations
@@ -26,50 +38,22 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
+from sisc_train.data.formats import (
+    FILE_BUILDERS,
+    KARPATHY_SPLIT_ALIASES,
+    PAIR_FORMATS,
+    detect_format,
+    hub_splits,
+    karpathy_splits,
+    load_hub,
+    read_coco_captions,
+    read_karpathy_split,
+    read_webdataset,
+    stable_id,
+)
 from sisc_train.data.images import decode_image
 
 logger = logging.getLogger(__name__)
-
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-KARPATHY_SPLIT_ALIASES = {"validation": "val", "dev": "val"}
-
-
-def _is_saved_dataset(path: str) -> bool:
-    return os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, name)) for name in ("dataset_dict.json", "state.json")
-    )
-
-
-def is_karpathy_json(path: str) -> bool:
-    """A .json file whose top level is an object with an "images" list (the Karpathy split layout)."""
-    if not (os.path.isfile(path) and path.lower().endswith(".json")):
-        return False
-    with open(path) as handle:
-        head = handle.read(4096).lstrip()
-    return head.startswith("{") and '"images"' in head
-
-
-def read_karpathy_split(path: str, split: str, image_root: str | None = None) -> tuple[list[str], list[list[str]]]:
-    """(image paths, captions of each image) of one split of a Karpathy-split JSON; images without captions are
-    left out (they cannot be a retrieval item or a training pair)."""
-    with open(path) as handle:
-        entries = json.load(handle)["images"]
-    wanted = KARPATHY_SPLIT_ALIASES.get(split, split)
-    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
-    images, captions = [], []
-    for entry in entries:
-        if ("train" if entry.get("split") == "restval" else entry.get("split")) != wanted:
-            continue
-        sentences = [(s["raw"] if isinstance(s, dict) else str(s)).strip() for s in entry.get("sentences", [])]
-        sentences = [s for s in sentences if s]
-        if sentences:
-            images.append(os.path.join(root, entry.get("filepath", ""), entry["filename"]))
-            captions.append(sentences)
-    if not images:
-        found = sorted({str(e.get("split")) for e in entries})
-        raise ValueError(f"{path}: no image with captions in split {wanted!r}; the file has the splits {found}")
-    return images, captions
-
 
 # Column names looked for, in this order, when --image_column / --caption_column are not given.
 CAPTION_COLUMNS = ("caption", "captions", "text", "sentence", "sentences", "txt", "description", "title")
@@ -80,44 +64,50 @@ def _has_dataset_dict(path: str) -> bool:
     return os.path.exists(os.path.join(path, "dataset_dict.json"))
 
 
-def has_own_splits(source: str) -> bool:
-    """False for a source without splits of its own, a single data file or a saved single `Dataset`, which is read
-    whole as the split "train" (the name `datasets` gives it); True for Karpathy JSON, a saved `DatasetDict`, an
-    imagefolder (and anything else, which the loaders then reject)."""
-    if os.path.isfile(source):
-        return is_karpathy_json(source)
-    return not (_is_saved_dataset(source) and not _has_dataset_dict(source))
+def pair_format(source: str, data_format: str | None = None, dataset_config: str | None = None) -> str:
+    """The format of an image-caption source (`sisc_train.data.formats.PAIR_FORMATS`), detected unless given."""
+    return detect_format(source, data_format, dataset_config, PAIR_FORMATS)
 
 
-def data_splits(source: str) -> list[str]:
-    """The split names of `source` (not "shapes"): a single data file or saved `Dataset` has the one split "train";
-    Karpathy JSON the splits of its entries ("restval" counts as "train"); a saved `DatasetDict` or an imagefolder
-    its own."""
-    if not has_own_splits(source):
+def has_own_splits(source: str, data_format: str | None = None, dataset_config: str | None = None) -> bool:
+    """False for a source without splits of its own (a single data file, COCO captions file, webdataset shards or
+    saved single `Dataset`), which is read whole as the split "train" (the name `datasets` gives it); True for Karpathy
+    JSON, a saved `DatasetDict`, an imagefolder and a Hub dataset."""
+    kind = pair_format(source, data_format, dataset_config)
+    if kind == "saved":
+        return _has_dataset_dict(source)
+    return kind in ("karpathy", "imagefolder", "hub")
+
+
+def data_splits(source: str, data_format: str | None = None, dataset_config: str | None = None) -> list[str]:
+    """The split names of `source` (not "shapes"): a source without splits of its own has the one split "train";
+    Karpathy JSON the splits of its entries ("restval" counts as "train"); a saved `DatasetDict`, an imagefolder or
+    a Hub dataset (of `dataset_config`) its own."""
+    kind = pair_format(source, data_format, dataset_config)
+    if not has_own_splits(source, kind):
         return ["train"]
-    if is_karpathy_json(source):
-        with open(source) as handle:
-            entries = json.load(handle)["images"]
-        return sorted({"train" if e.get("split") == "restval" else str(e.get("split")) for e in entries})
-    if _is_saved_dataset(source):
+    if kind == "karpathy":
+        return karpathy_splits(source)
+    if kind == "saved":
         with open(os.path.join(source, "dataset_dict.json")) as handle:
             return list(json.load(handle)["splits"])
-    if os.path.isdir(source):  # the splits `datasets` infers from the folder layout, without reading the images
-        return [str(name) for name in datasets.load_dataset_builder("imagefolder", data_dir=source).config.data_files]
-    raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
+    if kind == "hub":
+        return hub_splits(source, dataset_config)
+    # the splits `datasets` infers from the folder layout, without reading the images
+    return [str(name) for name in datasets.load_dataset_builder("imagefolder", data_dir=source).config.data_files]
 
 
-def missing_split(source: str, split: str) -> str | None:
+def missing_split(source: str, split: str, data_format: str | None = None, dataset_config: str | None = None) -> str | None:
     """None when `source` has the split `split`, otherwise a sentence that names the splits it has."""
-    splits = data_splits(source)
-    wanted = KARPATHY_SPLIT_ALIASES.get(split, split) if is_karpathy_json(source) else split
+    kind = pair_format(source, data_format, dataset_config)
+    splits = data_splits(source, kind, dataset_config)
+    wanted = KARPATHY_SPLIT_ALIASES.get(split, split) if kind == "karpathy" else split
     if wanted in splits:
         return None
-    if not has_own_splits(source):
-        return (f"{source!r} has no split {split!r}: it is a single data file (or saved Dataset) without splits of its "
-                "own, read whole as the one split 'train'")
+    if not has_own_splits(source, kind):
+        return (f"{source!r} has no split {split!r}: it is a single data file (or saved Dataset, or set of shards) without "
+                "splits of its own, read whole as the one split 'train'")
     return f"{source!r} has no split {split!r}; its splits are {splits}"
-
 
 def _find_column(source: str, columns: list[str], given: str | None, candidates: tuple[str, ...], what: str,
                  features=None) -> str:
@@ -152,18 +142,30 @@ def load_pairs(
     caption_column: str | None = None,
     streaming: bool = False,
     image_root: str | None = None,
+    data_format: str | None = None,
+    dataset_config: str | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Load an image-caption dataset (see module docstring) as rows with `image`, `caption` and `image_id`.
 
     `split` must be a split the data has (a ValueError names the ones it has): a single data file or saved `Dataset`
     has only "train". `image_column` / `caption_column`: None finds them among `IMAGE_COLUMNS` / `CAPTION_COLUMNS`.
-    `image_root`: the folder relative image paths are under (default: the data file's folder)."""
+    `image_root`: the folder relative image paths are under (default: the data file's folder). `data_format`: one of
+    `PAIR_FORMATS` (None / "auto": detected); `dataset_config`: the configuration of a Hub(-style) dataset."""
+    kind = pair_format(source, data_format, dataset_config)
+    if kind in ("rows", "coco_captions", "webdataset") and split != "train":
+        # one split: reading it as another would evaluate on training rows
+        raise ValueError(missing_split(source, split, kind))
     base_dir = image_root
-    if is_karpathy_json(source):
+    if kind == "karpathy":
         images, captions = read_karpathy_split(source, split, image_root)  # names the file's splits when it lacks one
         ds = datasets.Dataset.from_dict({"image": images, "caption": captions})
         return expand_captions(ds.to_iterable_dataset() if streaming else ds)
-    if _is_saved_dataset(source):
+    if kind == "coco_captions":
+        rows = read_coco_captions(source, image_root)  # one row per caption, COCO's image ids
+        return rows.to_iterable_dataset() if streaming else rows
+    if kind == "webdataset":
+        return read_webdataset(source, streaming, caption_column)
+    if kind == "saved":
         loaded = datasets.load_from_disk(source)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
@@ -171,25 +173,28 @@ def load_pairs(
             ds = loaded[split]
         else:
             if split != "train":
-                raise ValueError(missing_split(source, split))
+                raise ValueError(missing_split(source, split, kind))
             ds = loaded
         if streaming:
             ds = ds.to_iterable_dataset()
-    elif os.path.isdir(source):
-        problem = missing_split(source, split)
+    elif kind == "imagefolder":
+        problem = missing_split(source, split, kind)
         if problem:
             raise ValueError(problem)
         ds = datasets.load_dataset("imagefolder", data_dir=source, split=split, streaming=streaming)
-    elif os.path.isfile(source):
+    elif kind == "hub":
+        problem = missing_split(source, split, kind, dataset_config)
+        if problem:
+            raise ValueError(problem)
+        ds = load_hub(source, split, dataset_config, streaming)
+        if os.path.isdir(source):  # a local stand-in: string paths relative to its folder
+            base_dir = image_root or os.path.abspath(source)
+    else:  # "rows": json / jsonl / csv / parquet rows, ALBEF's annotation files among them
         extension = os.path.splitext(source)[1].lower()
         if extension not in FILE_BUILDERS:
             raise ValueError(f"unsupported data file {source!r}: use one of {sorted(FILE_BUILDERS)}")
-        if split != "train":  # a data file is one split; reading it as another would evaluate on training rows
-            raise ValueError(missing_split(source, split))
         ds = datasets.load_dataset(FILE_BUILDERS[extension], data_files=source, split="train", streaming=streaming)
         base_dir = image_root or os.path.dirname(os.path.abspath(source))
-    else:
-        raise FileNotFoundError(f"no dataset at {source!r} (a file, a saved dataset folder or an image folder)")
 
     columns = ds.column_names if ds.column_names is not None else list(ds.features or {})
     image_column = _find_column(source, columns, image_column, IMAGE_COLUMNS, "image", ds.features)
@@ -206,7 +211,9 @@ def load_pairs(
 
 
 def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
-    """One row per (image, caption); `image_id` is kept, or numbered per source row; relative paths resolved."""
+    """One row per (image, caption); relative paths resolved. `image_id`: the data's own (a string id such as ALBEF's
+    "coco_123" made an int by `stable_id`), else the image path's `stable_id` (rows of one image file, as in ALBEF's
+    one-caption-per-row files, share it), else (decoded images) the source row's number."""
 
     def expand(batch, indices):
         copied = [key for key in batch if key != "image_id"]
@@ -225,7 +232,10 @@ def expand_captions(ds, *, base_dir: str | None = None, has_ids: bool = False):
                     out[key].append(batch[key][row])
                 out["image"][-1] = image
                 out["caption"][-1] = caption
-                out["image_id"].append(batch["image_id"][row] if has_ids else index)
+                if has_ids:
+                    out["image_id"].append(stable_id(batch["image_id"][row]))
+                else:
+                    out["image_id"].append(stable_id(image) if isinstance(image, str) else index)
         return out
 
     features = None

@@ -119,7 +119,9 @@ def main(argv=None) -> dict:
 
     model = AutoModelForSequenceClassification.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     processor = load_processor(args.model_name_or_path)
-    data = load_task_data("nlvr", args.dataset, args.data_cache_dir, args.shapes_num_train)
+    data = load_task_data("nlvr", args.dataset, args.data_cache_dir, args.shapes_num_train,
+                          dataset_config=args.dataset_config, data_format=args.data_format, image_root=args.image_root,
+                          splits=[*args.splits, *([args.baseline_split] if args.baseline_split else [])])
     results = {}
     for name in args.splits:
         results[name] = evaluate_nlvr(model, processor, data[name], args.batch_size)

@@ -4,9 +4,11 @@
     accelerate launch train/evaluate_retrieval.py --model M --data coco_karpathy.json --image_root coco/ --split test
     accelerate launch --num_processes 4 train/evaluate_retrieval.py --model M --data pairs.jsonl --rerank_k 128
 
-`--data` accepts what the pretraining script accepts (the embedded `shapes` dataset, a saved dataset folder, an
-imagefolder, a json/jsonl/csv/parquet file of (image, caption or list of captions) rows) and Karpathy-split JSON
-(`{"images": [{"filepath", "filename", "split", "sentences": [{"raw": ...}]}]}`, COCO / Flickr30K). Rows of one
+`--data` accepts what the pretraining script accepts (`sisc_train/data/pairs.py`: the embedded `shapes` dataset, a
+saved dataset folder, an imagefolder, a json/jsonl/csv/parquet file of (image, caption or list of captions) rows such
+as ALBEF's `coco_test.json` / `flickr30k_test.json`, Karpathy-split JSON (`{"images": [{"filepath", "filename",
+"split", "sentences": [{"raw": ...}]}]}`, COCO / Flickr30K), a COCO captions file (`captions_val2017.json`),
+webdataset shards, or a Hub dataset id with `--dataset_config`; `--data_format` overrides the detection). Rows of one
 image (same `image_id`, or the same image path) form one retrieval item with several captions. `--split` defaults
 to "test"; a data file has no splits and is evaluated whole, and a split the data lacks is an error naming the ones
 it has. The image and caption columns are found by their usual names unless `--image_column` / `--caption_column`.
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor, HfArgumentParser
 
 from modeling_sisc import SiscModel
+from sisc_train.data.formats import FORMAT_HELP
 from sisc_train.data.images import decode_image
 from sisc_train.data.pairs import (
     CAPTION_COLUMNS,
@@ -100,14 +103,17 @@ def load_retrieval_set(
     shapes_config=None,
     data_cache_dir: str = "data_cache/shapes",
     max_images: int | None = None,
+    data_format: str | None = None,
+    dataset_config: str | None = None,
 ) -> RetrievalSet:
     """The retrieval items of `split` of `source` (see the module docstring); `max_images` keeps the first ones.
 
     `split` None: "test", or the whole data for a source without splits (a single data file); a split the data does
     not have is a ValueError naming the ones it has. Rows with an empty caption are left out (with a warning).
     `image_column` / `caption_column` None: found by name (`sisc_train.data.pairs.load_pairs`).
-    `shapes_config`: the embedded dataset's `ShapesConfig` (default: the default preset)."""
-    own_splits = source == "shapes" or has_own_splits(source)
+    `shapes_config`: the embedded dataset's `ShapesConfig` (default: the default preset). `data_format` /
+    `dataset_config`: as for `load_pairs` (None: detected / none)."""
+    own_splits = source == "shapes" or has_own_splits(source, data_format, dataset_config)
     split = ("test" if own_splits else "train") if split is None else split
     if source == "shapes":
         splits = load_shapes_dataset(shapes_config or ShapesConfig(), cache_dir=data_cache_dir)
@@ -115,7 +121,8 @@ def load_retrieval_set(
             raise ValueError(f"the shapes dataset has no split {split!r}; it has {sorted(splits)}")
         result = shapes_retrieval_set(splits[split], f"embedded shapes dataset ({split})")
     else:
-        rows = load_pairs(source, split, image_column=image_column, caption_column=caption_column, image_root=image_root)
+        rows = load_pairs(source, split, image_column=image_column, caption_column=caption_column, image_root=image_root,
+                          data_format=data_format, dataset_config=dataset_config)
         captions = rows["caption"]
         empty = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
         if empty:  # an image without a caption is no retrieval item (as in the Karpathy splits)
@@ -442,7 +449,8 @@ class EvaluationArguments:
     model: str = field(metadata={"help": "A SISC checkpoint folder (or Hub id) with its processor."})
     data: str = field(
         default="shapes",
-        metadata={"help": "'shapes', a saved dataset folder, an imagefolder, a json/jsonl/csv/parquet file, or Karpathy JSON."},
+        metadata={"help": "'shapes', a saved dataset folder, an imagefolder, a json/jsonl/csv/parquet file (ALBEF's "
+                          "retrieval files), Karpathy JSON, a COCO captions file, webdataset shards or a Hub dataset id."},
     )
     split: str | None = field(
         default=None,
@@ -450,6 +458,8 @@ class EvaluationArguments:
                           "data file, which has no splits."},
     )
     image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths are under."})
+    data_format: str | None = field(default=None, metadata={"help": FORMAT_HELP})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset (load_dataset's name=)."})
     image_column: str | None = field(
         default=None, metadata={"help": f"Image column (default: the first of {', '.join(IMAGE_COLUMNS)} present)."}
     )
@@ -489,7 +499,7 @@ def default_output_path(args: EvaluationArguments) -> str:
     def name(path: str) -> str:
         return os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or "model"
 
-    split = args.split or ("test" if args.data == "shapes" or has_own_splits(args.data) else "all")
+    split = args.split or ("test" if args.data == "shapes" or has_own_splits(args.data, args.data_format, args.dataset_config) else "all")
     return os.path.join("outputs", "retrieval", f"{name(args.model)}_{name(args.data)}_{split}.json")
 
 
@@ -503,7 +513,8 @@ def main(argv=None) -> dict:
         data = load_retrieval_set(
             args.data, args.split, image_root=args.image_root, image_column=args.image_column,
             caption_column=args.caption_column, shapes_config=ShapesConfig.preset(args.shapes_preset),
-            data_cache_dir=args.data_cache_dir, max_images=args.max_images,
+            data_cache_dir=args.data_cache_dir, max_images=args.max_images, data_format=args.data_format,
+            dataset_config=args.dataset_config,
         )
     results = evaluate_retrieval(
         model, processor, data, rerank_k=args.rerank_k, image_batch_size=args.image_batch_size,

@@ -4,8 +4,10 @@ per answer type) and the predictions as JSON in the official result format [{"qu
     python train/evaluate_vqa.py --model_name_or_path outputs/sisc-small-vqa [--dataset shapes] [--split test] \\
         [--output_file predictions.json] [--official] [--k_test 128]
 
-The data follow the VQA v2 layout: `question_id`, `question`, `answers` ([{"answer": ...}] of the annotators),
-`image`, optionally `answer_type` and `question_type`. `--baseline_split train` also reports the majority-answer
+The data are read as by the trainer (`--dataset` / `--dataset_config` / `--data_format` / `--image_root`: the
+official VQA v2 files, ALBEF's VQA files, a saved or Hub dataset) into the VQA v2 layout: `question_id`, `question`,
+`answers` ([{"answer": ...}] of the annotators), `image`, optionally `answer_type` and `question_type`. A split
+without answers (test-dev / test) gets predictions only. `--baseline_split train` also reports the majority-answer
 baselines (the most frequent training answer for every question, and per question type).
 """
 
@@ -49,8 +51,12 @@ def evaluate_vqa(model, processor, split, batch_size: int = 128, k: int | None =
     """VQA accuracy of `model` on `split`; writes the predictions to `output_file` (official format) if given."""
     columns = {**COLUMNS, **(columns or {})}
     predictions = predict_vqa(model, processor, split, batch_size, k, columns)
-    types = split[columns["answer_type"]] if columns["answer_type"] in split.column_names else None
-    metrics = vqa_accuracy(predictions, split[columns["answers"]], types, official=official)
+    gold = split[columns["answers"]]
+    if any(len(a) for a in gold):
+        types = split[columns["answer_type"]] if columns["answer_type"] in split.column_names else None
+        metrics = vqa_accuracy(predictions, gold, types, official=official)
+    else:  # a test split without answers (VQA v2 test-dev / test): predictions only, for the evaluation server
+        metrics = {"num_questions": len(predictions)}
     if output_file:
         ids = split[columns["question_id"]] if columns["question_id"] in split.column_names else list(range(len(split)))
         write_results(output_file, ids, predictions)
@@ -92,11 +98,13 @@ def main(argv=None) -> dict:
 
     model = AutoModelForVisualQuestionAnswering.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     processor = load_processor(args.model_name_or_path)
-    data = load_task_data("vqa", args.dataset, args.data_cache_dir, args.shapes_num_train)
+    data = load_task_data("vqa", args.dataset, args.data_cache_dir, args.shapes_num_train,
+                          dataset_config=args.dataset_config, data_format=args.data_format, image_root=args.image_root,
+                          splits=[args.split, *([args.baseline_split] if args.baseline_split else [])])
     split = limit(data[args.split], args.max_samples)
     output_file = args.output_file or os.path.join(args.model_name_or_path, f"predictions_{args.split}.json")
     metrics = evaluate_vqa(model, processor, split, args.batch_size, args.k_test, args.official, output_file)
-    if args.baseline_split:
+    if args.baseline_split and "vqa_accuracy" in metrics:
         metrics["baselines"] = majority_baselines(data[args.baseline_split], split, args.official)
     print(json.dumps(metrics, indent=2))
     print(f"predictions written to {output_file}")

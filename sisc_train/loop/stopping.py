@@ -60,7 +60,6 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 def stop_with_checkpoint(accelerator: Accelerator, signals: StopSignals, step: int, checkpoint: str) -> None:
     name = signal.Signals(signals.received).name if signals.received else "a signal to another process"
-    accelerator.end_training()  # flush the trackers
     accelerator.print(
         f"\nstopped by {name} after step {step}; the checkpoint is {checkpoint}. Resume with the same arguments and "
         f"--resume_from_checkpoint latest (or {checkpoint})", file=sys.stderr,

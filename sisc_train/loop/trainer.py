@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import traceback
 from dataclasses import asdict
 
 import torch
@@ -226,125 +227,134 @@ def train(task: Task, args: TrainingArguments) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, args.vision_lr(), args.weight_decay))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max(total_steps - 1, 0)), max(total_steps, 1))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    try:
 
-    settings = {**task.settings(), **{name: getattr(args, name) for name in RESUME_SETTINGS},
-                "total_steps": total_steps, "num_processes": accelerator.num_processes}
-    keep_best = KeepBest(args.output_dir, args.metric_for_best_model, task.validate if task.has_validation() else None, accelerator)
-    global_step, epoch, skip_batches, history, resumed = 0, 0, 0, [], {}
-    if args.resume_from_checkpoint:
-        resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        resumed = read_progress(resume_path)
-        check_resume_settings(resume_path, resumed.get("settings"), settings)
-        accelerator.load_state(resume_path)
-        global_step = resumed["global_step"]
-        if steps_per_epoch:
-            epoch = global_step // steps_per_epoch
-            skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        task.skips.update(**resumed.get("skips", {}))
-        if "validation" in resumed:
-            keep_best.restore(resumed["validation"])
-        history.extend(resumed.get("history", []))
-        accelerator.print(f"resumed from {resume_path} at step {global_step}")
+        settings = {**task.settings(), **{name: getattr(args, name) for name in RESUME_SETTINGS},
+                    "total_steps": total_steps, "num_processes": accelerator.num_processes}
+        keep_best = KeepBest(args.output_dir, args.metric_for_best_model, task.validate if task.has_validation() else None, accelerator)
+        global_step, epoch, skip_batches, history, resumed = 0, 0, 0, [], {}
+        if args.resume_from_checkpoint:
+            resume_path = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+            resumed = read_progress(resume_path)
+            check_resume_settings(resume_path, resumed.get("settings"), settings)
+            accelerator.load_state(resume_path)
+            global_step = resumed["global_step"]
+            if steps_per_epoch:
+                epoch = global_step // steps_per_epoch
+                skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+            task.skips.update(**resumed.get("skips", {}))
+            if "validation" in resumed:
+                keep_best.restore(resumed["validation"])
+            history.extend(resumed.get("history", []))
+            accelerator.print(f"resumed from {resume_path} at step {global_step}")
 
-    saved = {"step": None, "path": None}
+        saved = {"step": None, "path": None}
 
-    def checkpoint() -> str:
-        """The checkpoint of the last completed step (written once per step)."""
-        if saved["step"] != global_step:
-            skips = {"seen": task.skips.seen, "skipped": task.skips.skipped, "reasons": dict(task.skips.reasons)}
-            state = {"settings": settings, "skips": skips, "validation": keep_best.state(), "history": history}
-            saved.update(step=global_step, path=save_checkpoint(accelerator, args.output_dir, global_step, state, args.save_total_limit))
-        return saved["path"]
+        def checkpoint() -> str:
+            """The checkpoint of the last completed step (written once per step)."""
+            if saved["step"] != global_step:
+                skips = {"seen": task.skips.seen, "skipped": task.skips.skipped, "reasons": dict(task.skips.reasons)}
+                state = {"settings": settings, "skips": skips, "validation": keep_best.state(), "history": history}
+                saved.update(step=global_step, path=save_checkpoint(accelerator, args.output_dir, global_step, state, args.save_total_limit))
+            return saved["path"]
 
-    def validate() -> None:
-        with checkpoint_on_bad_data(checkpoint):  # bad validation data stops the run, after saving it
-            keep_best.run(accelerator.unwrap_model(model), epochs_done(global_step, steps_per_epoch, epoch), global_step)
+        def validate() -> None:
+            with checkpoint_on_bad_data(checkpoint):  # bad validation data stops the run, after saving it
+                keep_best.run(accelerator.unwrap_model(model), epochs_done(global_step, steps_per_epoch, epoch), global_step)
 
-    if accelerator.is_main_process:
-        config = {k: v for k, v in {**settings, **asdict(args)}.items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers(f"sisc-{task.name}", config)
-    if resumed and steps_per_epoch and global_step % steps_per_epoch == 0 and global_step < total_steps:
-        validate()  # a checkpoint of an epoch's last step is written before that epoch's validation: catch up on it
-    progress = tqdm(total=total_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc=task.name)
-    started, last_losses, last_logs = time.time(), None, {}
-    model.train()
-    with StopSignals(verbose=accelerator.is_local_main_process) as signals:
-        while global_step < total_steps:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-            skip_batches = 0
-            for batch in epoch_loader:
-                if "num_seen" in batch:  # the collator counted bad samples it left out
-                    seen, skipped, reasons, batch["relevance"] = pop_bookkeeping(batch)
-                    task.skips.update(seen, skipped, reasons)
-                with accelerator.accumulate(model):
-                    try:
-                        outputs = task.training_step(model, batch, global_step + 1)
-                    except ValueError as error:
-                        reason = task.divergence_reason(error)
-                        if reason is None:
-                            raise
-                        raise divergence(global_step + 1, reason, None, None, scheduler, args, last_losses) from error
-                    accelerator.backward(outputs.loss)
-                    if accelerator.sync_gradients:  # a non-finite loss or gradient never reaches the weights
-                        clip_and_check_gradients(accelerator, model, outputs, global_step + 1, scheduler, args, last_losses)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
+        if accelerator.is_main_process:
+            config = {k: v for k, v in {**settings, **asdict(args)}.items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers(f"sisc-{task.name}", config)
+        if resumed and steps_per_epoch and global_step % steps_per_epoch == 0 and global_step < total_steps:
+            validate()  # a checkpoint of an epoch's last step is written before that epoch's validation: catch up on it
+        progress = tqdm(total=total_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc=task.name)
+        started, last_losses, last_logs = time.time(), None, {}
+        model.train()
+        with StopSignals(verbose=accelerator.is_local_main_process) as signals:
+            while global_step < total_steps:
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+                epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+                skip_batches = 0
+                for batch in epoch_loader:
+                    if "num_seen" in batch:  # the collator counted bad samples it left out
+                        seen, skipped, reasons, batch["relevance"] = pop_bookkeeping(batch)
+                        task.skips.update(seen, skipped, reasons)
+                    with accelerator.accumulate(model):
+                        try:
+                            outputs = task.training_step(model, batch, global_step + 1)
+                        except ValueError as error:
+                            reason = task.divergence_reason(error)
+                            if reason is None:
+                                raise
+                            raise divergence(global_step + 1, reason, None, None, scheduler, args, last_losses) from error
+                        accelerator.backward(outputs.loss)
+                        if accelerator.sync_gradients:  # a non-finite loss or gradient never reaches the weights
+                            clip_and_check_gradients(accelerator, model, outputs, global_step + 1, scheduler, args, last_losses)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                    if not accelerator.sync_gradients:
+                        continue
+                    global_step += 1
+                    last_losses = detached_losses(outputs)
+                    progress.update(1)
+                    if global_step % args.logging_steps == 0 or global_step == total_steps:
+                        last_logs = {name: value.item() for name, value in last_losses.items()}
+                        last_logs.update(task.step_logs(model, batch, outputs, global_step))
+                        accelerator.log({**last_logs, "lr": scheduler.get_last_lr()[-1], "epoch": epoch}, step=global_step)
+                        progress.set_postfix(loss=f"{last_logs['loss']:.3f}")
+                        history.append({"step": global_step, **last_logs})
+                    task.after_step(model, outputs, global_step, total_steps)
+                    if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                        checkpoint()
+                    if stop_requested(accelerator, signals):  # after a whole optimizer step, never within one
+                        stop_with_checkpoint(accelerator, signals, global_step, checkpoint())
+                    if global_step >= total_steps:
+                        break
+                else:
+                    epoch += 1
+                    task.skips.check()
+                    accelerator.print(f"epoch {epoch}: {task.skips.report()}")
+                    validate()
+                    if stop_requested(accelerator, signals):  # a signal during the validation: stop before the next epoch
+                        stop_with_checkpoint(accelerator, signals, global_step, checkpoint())
                     continue
-                global_step += 1
-                last_losses = detached_losses(outputs)
-                progress.update(1)
-                if global_step % args.logging_steps == 0 or global_step == total_steps:
-                    last_logs = {name: value.item() for name, value in last_losses.items()}
-                    last_logs.update(task.step_logs(model, batch, outputs, global_step))
-                    accelerator.log({**last_logs, "lr": scheduler.get_last_lr()[-1], "epoch": epoch}, step=global_step)
-                    progress.set_postfix(loss=f"{last_logs['loss']:.3f}")
-                    history.append({"step": global_step, **last_logs})
-                task.after_step(model, outputs, global_step, total_steps)
-                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    checkpoint()
-                if stop_requested(accelerator, signals):  # after a whole optimizer step, never within one
-                    stop_with_checkpoint(accelerator, signals, global_step, checkpoint())
-                if global_step >= total_steps:
-                    break
-            else:
-                epoch += 1
-                task.skips.check()
-                accelerator.print(f"epoch {epoch}: {task.skips.report()}")
-                validate()
-                if stop_requested(accelerator, signals):  # a signal during the validation: stop before the next epoch
-                    stop_with_checkpoint(accelerator, signals, global_step, checkpoint())
-                continue
-            break
-    progress.close()
-    task.skips.check()
-    train_seconds = round(time.time() - started, 1)
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    validate()  # no-op when the last epoch was just validated
-    keep_best.restore_best(unwrapped)
-    unwrapped.eval()
-    summary = {
-        "metrics": {},
-        **task.summary_fields(),
-        "train_seconds": train_seconds,
-        "global_step": global_step,
-        "validation_history": keep_best.history,
-        "best_model": keep_best.best if task.has_validation() else None,
-        "parameters": parameters,
-        "skipped_samples": task.skips.skipped,
-        "seen_samples": task.skips.seen,
-        "skip_reasons": dict(task.skips.reasons),
-        "last_logs": last_logs,
-        "history": history,
-        # the run's settings, with the learning rate the image encoder actually had
-        "args": {**task.settings(), **asdict(args), "vision_learning_rate": args.vision_lr()},
-    }
-    finish(task, unwrapped, accelerator, summary)
-    accelerator.end_training()
+                break
+        progress.close()
+        task.skips.check()
+        train_seconds = round(time.time() - started, 1)
+        accelerator.wait_for_everyone()
+        unwrapped = accelerator.unwrap_model(model)
+        validate()  # no-op when the last epoch was just validated
+        keep_best.restore_best(unwrapped)
+        unwrapped.eval()
+        summary = {
+            "metrics": {},
+            **task.summary_fields(),
+            "train_seconds": train_seconds,
+            "global_step": global_step,
+            "validation_history": keep_best.history,
+            "best_model": keep_best.best if task.has_validation() else None,
+            "parameters": parameters,
+            "skipped_samples": task.skips.skipped,
+            "seen_samples": task.skips.seen,
+            "skip_reasons": dict(task.skips.reasons),
+            "last_logs": last_logs,
+            "history": history,
+            # the run's settings, with the learning rate the image encoder actually had
+            "args": {**task.settings(), **asdict(args), "vision_learning_rate": args.vision_lr()},
+        }
+        finish(task, unwrapped, accelerator, summary)
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)  # the finished frames of an error may hold the DDP wrapper too
+        raise
+    finally:
+        # The DDP wrapper holds the process group: release it before end_training() destroys the group. A wrapper
+        # freed after the group (when this frame goes) can hang in gloo's teardown (seen with two CPU processes).
+        model = optimizer = loader = scheduler = None
+        accelerator.free_memory()
+        accelerator.end_training()  # flushes the trackers
     return {**summary, "model": unwrapped}
 
 

@@ -43,6 +43,7 @@ class FineTuningTask(Task):
         new_model = ({name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
                      if starts_new_model(self.encoder_args) else {})
         return {"model_name_or_path": self.data_args.model_name_or_path, "dataset": self.data_args.dataset,
+                "dataset_config": self.data_args.dataset_config, "data_format": self.data_args.data_format,
                 "max_train_samples": self.data_args.max_train_samples, **new_model}
 
     def load_splits(self) -> None:
@@ -53,7 +54,10 @@ class FineTuningTask(Task):
             self.processor = load_processor(data_args.model_name_or_path)
         else:
             self.processor = build_processor(self.encoder_args)
-        self.data = load_task_data(self.data_name, data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train)
+        wanted = [s for s in (data_args.train_split, data_args.validation_split, data_args.eval_split) if s]
+        self.data = load_task_data(self.data_name, data_args.dataset, data_args.data_cache_dir, data_args.shapes_num_train,
+                                   dataset_config=data_args.dataset_config, data_format=data_args.data_format,
+                                   image_root=data_args.image_root, splits=wanted)
         self.train_split = limit(self.data[data_args.train_split], data_args.max_train_samples)
         if data_args.validation_split:
             self.validation = limit(self.data[data_args.validation_split], data_args.max_eval_samples)

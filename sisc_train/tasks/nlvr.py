@@ -3,6 +3,7 @@
     accelerate launch train/finetune_nlvr.py --model_name_or_path outputs/sisc-small
     accelerate launch train/finetune_nlvr.py --model_name_or_path M --dataset my_nlvr2_folder --validation_split dev \
         --text_assignment_data my_caption_pairs.jsonl
+    accelerate launch train/finetune_nlvr.py --model_name_or_path M --dataset nlvr/nlvr2/data --image_root nlvr2_images/
     accelerate launch train/finetune_nlvr.py --text_model_name_or_path bert-base-uncased \
         --vision_model_name_or_path google/vit-base-patch16-224-in21k --model_config base   # from encoders
 
@@ -10,8 +11,13 @@ First ALBEF's text-assignment step (sisc_train/tasks/text_assignment.py: caption
 examples, on the embedded captions when the NLVR data is the embedded one; `--text_assignment_examples 0` skips it),
 then the true / false fine-tuning. The image tower trains at the full learning rate by default.
 
-Data: a DatasetDict in the NLVR2 layout (`sentence`, `left_image`, `right_image`, `label`: 0/1, bool or
-"True"/"False"); "shapes" (default) is the embedded synthetic two-image data (sisc_train/synthetic/shapes_tasks.py). Rows without a
+Data (`--dataset`, `sisc_train/data/tasks.py`): "shapes" (default), the embedded synthetic two-image data
+(sisc_train/synthetic/shapes_tasks.py); the official NLVR2 JSON-lines files (`train.json` / `dev.json` / `test1.json`
+or their folder: splits train / dev / test; images `<identifier without -N>-img0.png` / `-img1.png` under
+`--image_root`, in its train/ dev/ test1/ and numbered sub-folders when there are such); ALBEF's NLVR files
+(`nlvr_train.json`, ...: `{"images": [left, right], "sentence", "label"}`); a saved DatasetDict or a Hub dataset
+(`--dataset_config`) in the NLVR2 layout (`sentence`, `left_image`, `right_image`, `label`: 0/1, bool or
+"True"/"False"). Rows without a
 second image or a readable label are skipped and counted (`skipped_train_rows`). After every epoch the dev accuracy
 picks the kept epoch; dev and test accuracy (with the majority-label baseline) go to `results.json` and the model
 card. Evaluate a saved model again with `train/evaluate_nlvr.py`.

@@ -6,6 +6,14 @@ With no arguments this is the repository's main job: it builds (or loads from ca
 trains the small default model on the CPU for a few minutes, evaluates zero-shot retrieval on the held-out split
 and saves a checkpoint (safetensors, config, processor, code, model card) to `--output_dir`.
 
+Data (`--dataset`): the embedded shapes data, or the formats of `sisc_train/data/pairs.py`, detected from the file
+or folder (`--data_format` overrides): ALBEF's annotation files, Karpathy JSON, COCO captions, img2dataset's
+webdataset shards (`--streaming`), a saved dataset, an imagefolder, or a Hub dataset (`--dataset_config`):
+
+    accelerate launch train/pretrain.py --dataset coco/annotations/captions_train2017.json \
+        --eval_dataset coco/annotations/captions_val2017.json     # images in coco/train2017/, coco/val2017/
+    accelerate launch train/pretrain.py --dataset 'cc3m/{00000..00331}.tar' --streaming --eval_dataset coco_test.json
+
 Start from pretrained encoders, or build the paper-sized model (sisc_train/tasks/encoders.py):
 
     accelerate launch train/pretrain.py --model_config base --vision_model_name_or_path google/vit-base-patch16-224-in21k \
@@ -36,6 +44,7 @@ from transformers import AutoProcessor
 
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscModel
+from sisc_train.data.formats import FORMAT_HELP
 from sisc_train.data.pairs import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
@@ -112,8 +121,14 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="shapes",
-        metadata={"help": "'shapes' (embedded dataset), a saved dataset folder, an imagefolder, or a json/jsonl/csv/parquet file."},
+        metadata={"help": "'shapes' (embedded dataset), a saved dataset folder, an imagefolder, a json/jsonl/csv/parquet file "
+                          "(ALBEF's pretraining / retrieval files among them), Karpathy JSON, a COCO captions file, webdataset "
+                          "shards (a .tar, a folder of them, or a glob / {00000..00099} pattern) or a Hub dataset id."},
     )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration of a Hub dataset (load_dataset's name=); its splits are the data's own."}
+    )
+    data_format: str | None = field(default=None, metadata={"help": FORMAT_HELP})
     train_split: str = field(default="train", metadata={"help": "Split to train on ('annotated' = the clean split)."})
     eval_split: str | None = field(
         default="test",
@@ -168,7 +183,8 @@ MODEL_SETTINGS = (
     "alpha_steps", "alpha_schedule", "teacher", "teacher_cache", "mlm_loss_weight", "itm_loss_weight",
     "momentum_distillation", "oracle_false_negatives",
 )
-DATA_SETTINGS = ("dataset", "train_split", "shapes_preset", "shapes_num_train", "image_column", "caption_column", "streaming")
+DATA_SETTINGS = ("dataset", "dataset_config", "data_format", "train_split", "shapes_preset", "shapes_num_train", "image_column",
+                 "caption_column", "streaming")
 
 
 def build_model(model_args: ModelArguments, processor, total_steps: int,
@@ -219,6 +235,7 @@ def load_data(data_args: DataArguments):
                          "give them different names")
     from_dataset = list(dict.fromkeys(name for kind, name in wanted.items() if name and not separate[kind]))
     columns = dict(image_root=data_args.image_root, image_column=data_args.image_column, caption_column=data_args.caption_column)
+    form = dict(data_format=data_args.data_format, dataset_config=data_args.dataset_config)
     if data_args.dataset == "shapes":
         splits = load_shapes_dataset(shapes_config_from_args(data_args), cache_dir=data_args.data_cache_dir)
         description = f"embedded shapes dataset, preset '{data_args.shapes_preset}'"
@@ -229,7 +246,7 @@ def load_data(data_args: DataArguments):
         evaluation = {name: shapes_retrieval_set(splits[name], f"{description} ({name})") for name in from_dataset}
     else:
         for kind, name in wanted.items():
-            problem = name and not separate[kind] and missing_split(data_args.dataset, name)
+            problem = name and not separate[kind] and missing_split(data_args.dataset, name, **form)
             if problem:
                 instead = "skip the final evaluation" if kind == "eval" else "train without validation"
                 raise ValueError(f"--{kind}_split {name!r}: {problem}. Pass a separate file/folder with --{kind}_dataset, "
@@ -241,11 +258,12 @@ def load_data(data_args: DataArguments):
             caption_column=data_args.caption_column,
             streaming=data_args.streaming,
             image_root=data_args.image_root,
+            **form,
         )
         description = f"{data_args.dataset} ({data_args.train_split})"
-        evaluation = {name: load_retrieval_set(data_args.dataset, name, **columns) for name in from_dataset}
+        evaluation = {name: load_retrieval_set(data_args.dataset, name, **columns, **form) for name in from_dataset}
     for kind, source in separate.items():
-        if source:  # read whole, or its own split of that name when it has splits
+        if source:  # read whole, or its own split of that name when it has splits (its format detected on its own)
             split = wanted[kind] if has_own_splits(source) else None
             evaluation[wanted[kind]] = load_retrieval_set(source, split, **columns)
     return train_rows, evaluation, description

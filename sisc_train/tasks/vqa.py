@@ -3,12 +3,18 @@
     accelerate launch train/finetune_vqa.py --model_name_or_path outputs/sisc-small
     accelerate launch train/finetune_vqa.py --model_name_or_path M --vqa_head classify --output_dir outputs/vqa-cls
     accelerate launch train/finetune_vqa.py --model_name_or_path M --dataset my_vqa_v2_folder --answer_list answers.json
+    accelerate launch train/finetune_vqa.py --model_name_or_path M --dataset vqav2/ --image_root coco/ --eval_split test-dev
     accelerate launch train/finetune_vqa.py --text_model_name_or_path bert-base-uncased \
         --vision_model_name_or_path google/vit-base-patch16-224-in21k --model_config base   # from encoders
 
-Data: a `datasets` DatasetDict in the VQA v2 layout (`question`, `answers` = the annotators' [{"answer": ...}],
-`image`, `question_id`, optionally `answer_type` / `question_type`); "shapes" (default) is the embedded synthetic
-VQA data (sisc_train/synthetic/shapes_tasks.py). The closed answer list is `--answer_list` (a JSON list) or the training answers
+Data (`--dataset`, `sisc_train/data/tasks.py`): "shapes" (default), the embedded synthetic VQA data
+(sisc_train/synthetic/shapes_tasks.py); the official VQA v2 questions + annotations files (their folder, or one
+questions file; images `COCO_<subtype>_<id>.jpg` under `--image_root`, or its train2014/ val2014/ ... sub-folders;
+splits train / validation / test / test-dev); ALBEF's VQA files (`vqa_train.json`, `vg_qa.json`, ...: splits train /
+val / vg_qa / test, joined with "+": `--train_split train+val+vg_qa`); a saved DatasetDict or a Hub dataset
+(`--dataset_config`) in the VQA v2 layout (`question`, `answers` = the annotators' [{"answer": ...}], `image`,
+`question_id`, optionally `answer_type` / `question_type`). A split without answers (VQA v2 test / test-dev, ALBEF's
+vqa_test.json) is only predicted: the file is for the evaluation server. The closed answer list is `--answer_list` (a JSON list) or the training answers
 given by at least `--min_answer_count` annotators, the `--max_answers` most frequent (ALBEF / VQA v2 use 3,128 or
 3,129). Training questions none of whose answers is in the list are skipped and counted (`skipped_no_valid_answer`).
 
@@ -154,8 +160,13 @@ class VqaTask(FineTuningTask):
         predictions_file = os.path.join(self.args.output_dir, f"predictions_{data_args.eval_split}.json")
         metrics = evaluate_vqa(model, self.processor, test, self.args.eval_batch_size, official=self.vqa_args.official_score,
                                output_file=predictions_file)
+        summary.update(eval_split=data_args.eval_split, metrics=metrics, baselines={})
+        if "vqa_accuracy" not in metrics:  # test / test-dev: no answers here, the evaluation server scores the file
+            print(f"[vqa] {data_args.eval_split}: no annotator answers to score against; predictions of "
+                  f"{metrics['num_questions']} questions written to {predictions_file}", flush=True)
+            return
         baselines = majority_baselines(self.train_split, test, self.vqa_args.official_score)
-        summary.update(eval_split=data_args.eval_split, metrics=metrics, baselines=baselines)
+        summary["baselines"] = baselines
         print(f"[vqa] {data_args.eval_split}: VQA accuracy {metrics['vqa_accuracy']:.2f} "
               f"(majority answer {baselines['majority_accuracy']:.2f}"
               + (f", per-question-type prior {baselines['type_prior_accuracy']:.2f}" if "type_prior_accuracy" in baselines else "")
@@ -163,7 +174,7 @@ class VqaTask(FineTuningTask):
 
     def write_card(self, model, summary: dict) -> None:
         split_metrics = {}
-        if summary["metrics"]:
+        if summary["metrics"] and "vqa_accuracy" in summary["metrics"]:
             split_metrics[self.data_args.eval_split] = {**summary["metrics"], "majority_baseline_accuracy": summary["baselines"]["majority_accuracy"]}
         if summary["validation_history"]:
             best = max(summary["validation_history"], key=lambda h: h["vqa_accuracy"])
