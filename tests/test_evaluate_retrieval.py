@@ -52,7 +52,9 @@ def test_karpathy_json_splits(karpathy):
     test = load_retrieval_set(str(karpathy), "test")
     assert len(test.images) == 7 and len(test.captions) == 14  # the caption-less entry is left out
     assert test.caption_to_image == [i // 2 for i in range(14)]
-    assert test.images[0].endswith(os.path.join("images", "14.png")) and test.relevance is None
+    assert test.images[0].endswith(os.path.join("images", "14.png"))
+    # relevance from shared captions: at least each caption's own image
+    assert test.relevance.shape == (14, 7) and test.relevance[range(14), test.caption_to_image].all()
     assert len(load_retrieval_set(str(karpathy), "validation").images) == 4  # alias of "val"
     train = load_pairs(str(karpathy), "train")
     assert len(train) == 20 and len(set(train["image_id"])) == 10  # restval counts as train
