@@ -180,3 +180,9 @@ def test_start_model_random_text_tower_differs_only_in_text(tmp_path):
     assert not any(key.startswith("sisc.vision_model.") for key in changed)
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["cls_token_id"] == 2 and config["mask_token_id"] == 4  # the tokenizer's own special tokens
+    # more layers than the text model has: all of its layers in the text tower, new fusion layers on top
+    tiny |= dict(num_text_layers=2, num_fusion_layers=1)
+    whole = SiscForPreTraining.from_pretrained(real_data.build_start_model(str(tmp_path / "c"), str(bert_folder), seed=0, **tiny))
+    assert whole.config.text_config.num_hidden_layers == 2 and whole.config.fusion_encoder_config.num_hidden_layers == 1
+    key = "encoder.layer.1.attention.self.query.weight"
+    assert torch.equal(whole.sisc.text_model.state_dict()[key], bert[f"bert.{key}"])
