@@ -12,9 +12,10 @@ pretrained ViT installs offline). Not the paper's split of BERT-base into 6 text
 sentence-transformers model trained with mean pooling, and its [CLS] state, which SISC (like ALBEF) takes as the
 text embedding, is the same for every caption until its last layer (cosine 0.9999995 between captions after layer
 3, 0.9995 after layer 5, 0.60 after layer 6). A 3 + 3 split therefore starts with one text embedding for all
-captions, the contrastive loss sits at ln(batch) and 150 steps at learning rates up to 1e-3 did not leave it;
-with all 6 layers in the text tower it leaves the plateau within the first 50 steps. `--num_text_layers 3
---num_fusion_layers 3` gives the paper-style split. `build_start_model` builds it once per seed (the seed sets the random image
+captions, the contrastive loss sits at ln(batch) and 150 steps at learning rates up to 1e-3 did not leave it
+(chance-level retrieval); with all 6 layers in the text tower (caption embeddings differ from the start) the loss
+falls below ln(batch) within the first 50 steps. `--num_text_layers 3 --num_fusion_layers 3` gives the
+paper-style split. `build_start_model` builds it once per seed (the seed sets the random image
 tower, projections and cross-attention), so runs of one seed start from the same weights and see the same data
 order. Variants, each trained with the project's trainer (`sisc_train.tasks.pretraining.main`, in this process) for
 the same budget and evaluated zero-shot on the held-out test split (concepts never seen in training):
