@@ -41,7 +41,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -285,4 +284,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

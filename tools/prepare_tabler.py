@@ -32,7 +32,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 
 import datasets
 from PIL import Image
@@ -208,4 +207,4 @@ def main(argv=None) -> datasets.DatasetDict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
