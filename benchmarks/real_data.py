@@ -50,6 +50,8 @@ from transformers import BertConfig, BertForMaskedLM, ViTConfig, ViTModel
 from false_negatives import T_975, mean_std  # the false-negative benchmark's statistics (same folder)
 from modeling_sisc import SiscForPreTraining
 from processing_sisc import SiscProcessor
+from sisc_train.evaluation.retrieval import load_retrieval_set
+from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
 from sisc_train.tasks import pretraining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,8 +227,20 @@ def summarise(results: dict[str, list[dict]], metrics=METRICS, comparisons=COMPA
     return table
 
 
+def chance_level(dataset: str, split: str = "test", draws: int = 10, seed: int = 0) -> dict[str, float]:
+    """The metrics of random scores on `split` (mean over `draws`): what "above chance" is measured against. Shared
+    captions make it far from 1/N for the relevance-aware metrics (a caption fits about 12 test icons)."""
+    data = load_retrieval_set(dataset, split)
+    generator = torch.Generator().manual_seed(seed)
+    runs = [retrieval_metrics(torch.rand(len(data.images), len(data.captions), generator=generator),
+                              data.caption_to_image, data.relevance) for _ in range(draws)]
+    return {metric: statistics.fmean(run[metric] for run in runs) for metric in METRICS}
+
+
 def format_markdown(table: dict, metrics=METRICS) -> str:
     lines = ["| variant | " + " | ".join(metrics) + " | minutes per run |", "| --- |" + " --- |" * (len(metrics) + 1)]
+    if "chance" in table:
+        lines.append("| chance (random scores) | " + " | ".join(f"{table['chance'][m]:.2f}" for m in metrics) + " | |")
     for name, row in table["variants"].items():
         cells = [f"{row[m]['mean']:.2f} ± {row[m]['sd']:.2f}" for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['wall_seconds'] / 60:.1f} |")
@@ -269,6 +283,7 @@ def main(argv=None) -> dict:
     started = time.time()
     results = run_all(args)
     table = summarise(results)
+    table["chance"] = chance_level(args.dataset)
     header = (f"Real-data benchmark on `{args.dataset}`: {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); "
               f"training flags: `{' '.join(recipe(args))}`. Zero-shot retrieval (ITC) on the held-out test split; "
               "cells: mean ± sd over seeds, differences paired by seed [95% t-interval]; percent.")

@@ -129,6 +129,8 @@ def test_relevance_from_shared_captions_by_hand(tmp_path):
 
 def test_prepared_test_split_has_shared_caption_relevance(prepared):
     _, output, dataset = prepared
+    chance = real_data.chance_level(str(output), draws=3)
+    assert set(chance) == set(real_data.METRICS) and 0 < chance["ir_r1_any"] <= 100
     data = load_retrieval_set(str(output), "test")
     assert data.relevance is not None and data.relevance.shape == (len(data.captions), len(data.images))
     for c, caption in enumerate(data.captions):
@@ -151,6 +153,8 @@ def test_benchmark_statistics_by_hand():
     assert table["comparisons"]["srcl - srcl_random_text"]["r_mean"]["diffs"] == [10.0, 12.0, 12.0]
     markdown = real_data.format_markdown(table)
     assert "| srcl - infonce | +1.33 [-0.10, +2.77]" in markdown and "| infonce | 12.00 ± 2.00" in markdown
+    table["chance"] = {m: 0.5 for m in real_data.METRICS}
+    assert "| chance (random scores) | 0.50 |" in real_data.format_markdown(table)
     single = real_data.paired_difference([2.0], [1.0])
     assert single["diff"] == 1.0 and all(np.isnan(single["ci95"]))
     with pytest.raises(ValueError, match="as many values"):
