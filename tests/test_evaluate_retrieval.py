@@ -52,7 +52,9 @@ def test_karpathy_json_splits(karpathy):
     test = load_retrieval_set(str(karpathy), "test")
     assert len(test.images) == 7 and len(test.captions) == 14  # the caption-less entry is left out
     assert test.caption_to_image == [i // 2 for i in range(14)]
-    assert test.images[0].endswith(os.path.join("images", "14.png")) and test.relevance is None
+    assert test.images[0].endswith(os.path.join("images", "14.png"))
+    # relevance from shared captions: at least each caption's own image
+    assert test.relevance.shape == (14, 7) and test.relevance[range(14), test.caption_to_image].all()
     assert len(load_retrieval_set(str(karpathy), "validation").images) == 4  # alias of "val"
     train = load_pairs(str(karpathy), "train")
     assert len(train) == 20 and len(set(train["image_id"])) == 10  # restval counts as train
@@ -122,7 +124,8 @@ def test_itc_metrics_equal_the_metrics_of_the_similarity_matrix(model_and_proces
         inputs = processor(images=[decode_image(p) for p in data.images], text=data.captions, return_tensors="pt", padding=True)
         image = model.get_image_features(inputs["pixel_values"])
         text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
-    expected = retrieval_metrics(image @ text.t(), data.caption_to_image)
+    expected = retrieval_metrics(image @ text.t(), data.caption_to_image, data.relevance)  # shared-caption relevance
+    assert "tr_map_r" in expected
     assert results["itc"].keys() == expected.keys()
     for key, value in expected.items():
         assert results["itc"][key] == pytest.approx(value), key

@@ -21,8 +21,16 @@ caption; the metrics are those of the readable items, `results["skipped"]` says 
 `--max_bad_fraction` of the (image, caption) pairs left out is an error. Re-ranking scores each
 query's k best ITC candidates with the ITM head on the fusion encoder (k x queries pairs, batched, queries sharded
 over the processes) and ranks them above all other candidates by their ITM match log-odds; the rest keep their ITC
-order. Metrics: `sisc_train.evaluation.retrieval_metrics` (TR / IR R@1/5/10 and their mean; with the embedded dataset's
-ground-truth relevance also R@K over all relevant items and mAP@R). Results: a table on stdout and a JSON file.
+order. Metrics: `sisc_train.evaluation.retrieval_metrics` (TR / IR R@1/5/10 and their mean; with relevance also R@K
+over all relevant items and mAP@R). Results: a table on stdout and a JSON file.
+
+Relevance: the embedded shapes dataset has its exact ground truth. Any other data gets it from shared captions: a
+caption is relevant to every image that has a caption of the same text (stripped, lower-cased, white space runs as
+one space), not only to its own image. Where captions repeat (tags, labels, short titles: "arrow" fits hundreds of
+icons) this credits a retrieved image that the caption fits as well as its own; where they hardly ever repeat (COCO,
+Flickr30K) it is the own image, and R@K-any is about the standard R@K. It is a lower bound of the true relevance
+(different words for the same thing do not count). A set too large for a dense matrix (more than
+`MAX_RELEVANCE_ENTRIES` caption x image pairs) gets none, with a warning.
 """
 
 from __future__ import annotations
@@ -143,7 +151,34 @@ def load_retrieval_set(
     if max_images is not None and max_images < len(result.images):
         keep = [c for c, i in enumerate(result.caption_to_image) if i < max_images]
         result = result.subset(list(range(max_images)), keep, f"first {max_images} images")
+    if result.relevance is None:  # after the cut: the matrix is of the kept items only
+        size = len(result.captions) * len(result.images)
+        if size <= MAX_RELEVANCE_ENTRIES:
+            result.relevance = shared_caption_relevance(result.captions, result.caption_to_image, len(result.images))
+        else:
+            logger.warning("%s: %d captions x %d images is too large a relevance matrix (over %d entries): only the "
+                           "standard R@K are computed, not R@K-any / mAP@R (--max_images keeps fewer)", result.description,
+                           len(result.captions), len(result.images), MAX_RELEVANCE_ENTRIES)
     return result
+
+
+# a dense bool matrix of this many entries takes 256 MiB
+MAX_RELEVANCE_ENTRIES = 1 << 28
+
+
+def normalise_caption(caption: str) -> str:
+    """The form in which two captions count as the same: stripped, lower-cased, runs of white space as one space."""
+    return " ".join(str(caption).split()).lower()
+
+
+def shared_caption_relevance(captions: list[str], caption_to_image: list[int], n_images: int) -> np.ndarray:
+    """(n_captions, n_images) bool: caption c is relevant to image i when i has a caption of the same text
+    (`normalise_caption`); so to its own image always, and to every other image that carries the same caption."""
+    groups: dict[str, int] = {}
+    group = np.array([groups.setdefault(normalise_caption(c), len(groups)) for c in captions], dtype=np.int64)
+    images_of_group = np.zeros((len(groups), n_images), dtype=bool)
+    images_of_group[group, np.asarray(caption_to_image, dtype=np.int64)] = True
+    return images_of_group[group]
 
 
 _SHAPES_VIEWS: dict[str, tuple] = {}  # split fingerprint -> retrieval view: runs in one process (benchmarks) decode once
