@@ -396,3 +396,18 @@ def test_momentum_encoder_added_to_a_checkpoint_starts_as_a_copy(tmp_path):
     student = dict(model.sisc.vision_model.named_parameters())
     for name, param in model.momentum_encoder.vision_model.named_parameters():
         assert torch.equal(param, student[name]), name
+
+
+def test_freeze_text_tower_keeps_the_text_weights(pairs_file, tmp_path):
+    train(pairs_file, tmp_path / "start", "--max_steps", "1")
+    result = train(pairs_file, tmp_path / "locked", "--model_name_or_path", str(tmp_path / "start"), "--freeze_text_tower",
+                   "--max_steps", "2", "--learning_rate", "1e-2")
+    assert result["global_step"] == 2
+    before, after = final_state(tmp_path / "start"), final_state(tmp_path / "locked")
+    text = [name for name in before if ".text_model." in f".{name}"]
+    vision = [name for name in before if ".vision_model." in f".{name}"]
+    assert text and all(torch.equal(before[name], after[name]) for name in text)
+    assert any(not torch.equal(before[name], after[name]) for name in vision)
+    summary = json.load(open(tmp_path / "locked" / "results.json"))
+    assert summary["args"]["freeze_text_tower"] is True
+    assert summary["parameters"]["trainable"] < summary["parameters"]["total"]

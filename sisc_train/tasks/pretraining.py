@@ -111,6 +111,11 @@ class ModelArguments:
     momentum_distillation: bool = field(
         default=False, metadata={"help": "ALBEF's momentum encoder, queue and soft targets (new models only)."}
     )
+    freeze_text_tower: bool = field(
+        default=False,
+        metadata={"help": "Keep the text encoder's weights fixed (LiT-style locked tuning of a pretrained text tower: "
+                          "the image tower, fusion encoder and heads learn; about half the cost of a step)."},
+    )
     oracle_false_negatives: bool = field(
         default=False,
         metadata={"help": "Benchmark upper bound: never use pairs the dataset's ground truth marks as matching as negatives (shapes, 1 process)."},
@@ -402,7 +407,9 @@ class PretrainingTask(Task):
     def settings(self) -> dict:
         # a new model's settings only: a checkpoint brings its own (and resumes of runs from before they existed work)
         new_model = {} if self.model_args.model_name_or_path else {name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
-        return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model,
+        # recorded only when on, so that checkpoints written before the flag existed resume
+        frozen = {"freeze_text_tower": True} if self.model_args.freeze_text_tower else {}
+        return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **frozen,
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
     def load_data(self):
@@ -432,6 +439,8 @@ class PretrainingTask(Task):
 
     def build_model(self, total_steps: int) -> SiscForPreTraining:
         model = build_model(self.model_args, self.processor, total_steps, self.encoder_args)
+        if self.model_args.freeze_text_tower:  # its parameters then get no gradients and no optimizer state
+            model.sisc.text_model.requires_grad_(False)
         check_contrastive_batch(model.config, self.args.per_device_batch_size, self.accelerator.num_processes)
         self.config = model.config
         return model
