@@ -67,6 +67,10 @@ class SiscConfig(PreTrainedConfig):
             Weights of the three pretraining losses in `SiscForPreTraining`'s total loss.
         mlm_probability (`float`, defaults to 0.15):
             Fraction of text tokens masked for MLM.
+        itm_random_negatives (`float`, defaults to 0.0):
+            Share of the ITM negatives drawn uniformly from the batch's negatives instead of in proportion to the
+            contrastive similarity (0 = ALBEF's hard negatives only): each negative comes from the mixture
+            `(1 - share) * softmax(similarity) + share * uniform`.
         gather_distributed (`bool`, defaults to `True`):
             Under `torch.distributed`, gather image and text embeddings of all processes (with gradients) so that
             each anchor's negatives, and the regulation weights, cover the global batch.
@@ -122,6 +126,7 @@ class SiscConfig(PreTrainedConfig):
     itm_loss_weight: float = 1.0
     mlm_loss_weight: float = 1.0
     mlm_probability: float = 0.15
+    itm_random_negatives: float = 0.0
     gather_distributed: bool = True
     use_momentum_distillation: bool = False
     momentum: float = 0.995
@@ -215,6 +220,8 @@ class SiscConfig(PreTrainedConfig):
             fail("distill_alpha", f"must lie in [0, 1], got {self.distill_alpha!r}")
         if not 0.0 < self.mlm_probability < 1.0:
             fail("mlm_probability", f"must lie in (0, 1), got {self.mlm_probability!r}")
+        if not 0.0 <= self.itm_random_negatives <= 1.0:
+            fail("itm_random_negatives", f"must lie in [0, 1], got {self.itm_random_negatives!r}")
         self.validate_task_settings()
 
     def validate_task_settings(self):

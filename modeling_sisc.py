@@ -1248,11 +1248,17 @@ class SiscForPreTraining(SiscPreTrainedModel):
         return masked_ids, labels
 
     def _sample_hard_negatives(self, similarity: torch.Tensor, not_negative: torch.Tensor):
-        """For each row, one column drawn with probability softmax(similarity) over its negatives.
+        """For each row, one column drawn with probability softmax(similarity) over its negatives (mixed with a
+        uniform draw by `config.itm_random_negatives`).
 
         Returns (row_indices, column_indices) for the rows that have at least one negative.
         """
         probs = torch.softmax(similarity.detach().float(), dim=1).masked_fill(not_negative, 0.0)
+        share = self.config.itm_random_negatives
+        if share > 0:  # a mixture with the uniform draw over each row's negatives
+            probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            uniform = (~not_negative).float()
+            probs = (1 - share) * probs + share * uniform / uniform.sum(dim=1, keepdim=True).clamp_min(1)
         has_negative = probs.sum(dim=1) > 0
         rows = has_negative.nonzero().flatten()
         if rows.numel() == 0:

@@ -242,6 +242,23 @@ def test_hard_negatives_never_pick_a_positive_on_a_crafted_similarity(pretrainin
     assert rows.numel() == 0 and columns.numel() == 0
 
 
+def test_itm_random_negatives_mix_a_uniform_draw_into_the_hard_one():
+    torch.manual_seed(1)
+    model = SiscForPreTraining(tiny_config(itm_random_negatives=0.5)).eval()
+    not_negative = torch.eye(4, dtype=torch.bool)
+    similarity = torch.zeros(4, 4)
+    similarity[0, 1] = 50.0  # row 0: a hard negative draw always picks column 1
+    torch.manual_seed(0)
+    picks = [model._sample_hard_negatives(similarity, not_negative)[1][0].item() for _ in range(3000)]
+    # half the time the hard draw (column 1), half a uniform one over columns 1, 2, 3
+    assert set(picks) == {1, 2, 3}
+    assert picks.count(1) / 3000 == pytest.approx(0.5 + 0.5 / 3, abs=0.03)
+    assert picks.count(2) / 3000 == pytest.approx(0.5 / 3, abs=0.03)
+    model.config.itm_random_negatives = 1.0  # uniform alone, still never a positive
+    picks = [model._sample_hard_negatives(similarity, not_negative)[1][0].item() for _ in range(3000)]
+    assert set(picks) == {1, 2, 3} and picks.count(1) / 3000 == pytest.approx(1 / 3, abs=0.03)
+
+
 def test_hard_negatives_in_forward_respect_image_ids(pretraining_model, monkeypatch):
     calls = []
     original = pretraining_model._sample_hard_negatives
@@ -604,6 +621,7 @@ def test_interpolate_pos_encoding_accepts_larger_images(base_model, pretraining_
         ({"delta": -1.0}, "delta"),
         ({"delta": 0.0}, "delta"),
         ({"alpha_start": 1.5}, "alpha_start"),
+        ({"itm_random_negatives": 1.5}, "itm_random_negatives"),
         ({"embed_dim": 0}, "embed_dim"),
         ({"fusion_encoder_config": {"hidden_size": 64, "num_attention_heads": 2}}, "fusion_encoder_config"),
         ({"text_config": {"hidden_size": -8, "num_attention_heads": 2}, "fusion_encoder_config": {"hidden_size": -8}},

@@ -411,3 +411,9 @@ def test_freeze_text_tower_keeps_the_text_weights(pairs_file, tmp_path):
     summary = json.load(open(tmp_path / "locked" / "results.json"))
     assert summary["args"]["freeze_text_tower"] is True
     assert summary["parameters"]["trainable"] < summary["parameters"]["total"]
+
+
+def test_itm_random_negatives_flag_reaches_the_saved_config(pairs_file, tmp_path):
+    train(pairs_file, tmp_path / "mixed", "--itm_random_negatives", "0.5", "--max_steps", "1")
+    assert json.load(open(tmp_path / "mixed" / "results.json"))["args"]["itm_random_negatives"] == 0.5
+    assert json.load(open(tmp_path / "mixed" / "config.json"))["itm_random_negatives"] == 0.5

@@ -108,6 +108,11 @@ class ModelArguments:
     itm_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight of the ITM loss (0 switches it off; default: the config's)."}
     )
+    itm_random_negatives: float | None = field(
+        default=None,
+        metadata={"help": "Share of ITM negatives drawn uniformly instead of by similarity (0 = ALBEF's hard negatives "
+                          "only; default: the config's)."},
+    )
     momentum_distillation: bool = field(
         default=False, metadata={"help": "ALBEF's momentum encoder, queue and soft targets (new models only)."}
     )
@@ -204,7 +209,7 @@ def build_model(model_args: ModelArguments, processor, total_steps: int,
         alpha_steps=model_args.alpha_steps if model_args.alpha_steps is not None else total_steps,
         alpha_schedule=model_args.alpha_schedule,
     )
-    for name in ("mlm_loss_weight", "itm_loss_weight"):
+    for name in ("mlm_loss_weight", "itm_loss_weight", "itm_random_negatives"):
         if getattr(model_args, name) is not None:
             regulation[name] = getattr(model_args, name)
     if model_args.momentum_distillation:
@@ -407,9 +412,11 @@ class PretrainingTask(Task):
     def settings(self) -> dict:
         # a new model's settings only: a checkpoint brings its own (and resumes of runs from before they existed work)
         new_model = {} if self.model_args.model_name_or_path else {name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
-        # recorded only when on, so that checkpoints written before the flag existed resume
-        frozen = {"freeze_text_tower": True} if self.model_args.freeze_text_tower else {}
-        return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **frozen,
+        # flags added later are recorded only when used, so that checkpoints written before they existed resume
+        later = {"freeze_text_tower": True} if self.model_args.freeze_text_tower else {}
+        if self.model_args.itm_random_negatives is not None:
+            later["itm_random_negatives"] = self.model_args.itm_random_negatives
+        return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **later,
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
     def load_data(self):
