@@ -1,0 +1,174 @@
+"""Can the small default image tower learn shapes at all in the main job's budget, given the answer directly?
+
+    python benchmarks/shape_learnability.py                     # 1,200 steps per variant, ~18 min on 2 cores
+    python benchmarks/shape_learnability.py --variants vit_cls vit_patch4 --steps 600
+
+The main job's image tower tells colours apart but hardly shapes (`benchmarks/image_grounding.py`). Before blaming
+the pretraining objectives, this asks whether the tower could learn shapes in the main job's budget (936 steps of
+batch 64) even with the cleanest signal there is: every training image of the embedded shapes dataset (5,000)
+labelled with "a <colour> object is present" and "a <shape> is present" (multi-label, binary cross-entropy), the
+same optimiser settings as the main job (AdamW, lr 1e-3, weight decay 0.01, 10% warm-up then cosine decay), from
+random weights. Scored on the 500 held-out test images, next to always answering the training majority.
+
+Variants (each trained alone from the same seed and the same batches):
+    vit_cls    the main job's image tower (`SiscConfig.small()`: ViT, 64 px, patch 8, 4 layers, width 128), read out
+               at [CLS] as the contrastive embedding is;
+    vit_mean   the same tower read out by the mean of its patch states;
+    vit_max    the same tower read out by the maximum over its patch states (what a query-driven cross-attention
+               can do in the fusion encoder: pick the object it asks for);
+    vit_patch4 patch 4 (256 patches, about 4x the compute), [CLS];
+    cnn        a reference: a three-layer CNN with max pooling (32-64-128 channels, ~93k parameters), global max.
+Results also go to benchmarks/results/shape_learnability.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
+sys.path.insert(0, ROOT)
+
+VARIANTS = ("vit_cls", "vit_mean", "vit_max", "vit_patch4", "cnn")
+DEFAULT_VARIANTS = ("vit_cls", "vit_mean", "vit_max", "cnn")  # vit_patch4 costs as much as the other four
+
+
+def labelled_images(split, processor, colors, shapes):
+    """(pixel values, 0/1 labels: colours then shapes) of each image of a shapes split once (rows are pairs)."""
+    image_ids = split["image_id"]
+    first_rows = [k for k in range(len(split)) if k == 0 or image_ids[k] != image_ids[k - 1]]
+    split = split.select(first_rows)
+    pixels = processor.image_processor(images=list(split["image"]), return_tensors="pt")["pixel_values"]
+    labels = []
+    for scene in map(json.loads, split["scene"]):
+        present_colors = {o["color"] for o in scene["objects"]}
+        present_shapes = {o["shape"] for o in scene["objects"]}
+        labels.append([float(c in present_colors) for c in colors] + [float(s in present_shapes) for s in shapes])
+    return pixels, torch.tensor(labels)
+
+
+class SmallCnn(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, width, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+        )
+
+    def forward(self, pixels):
+        return self.features(pixels).flatten(1)
+
+
+class VitReadout(nn.Module):
+    def __init__(self, vision_model, readout: str):
+        super().__init__()
+        self.vision_model, self.readout = vision_model, readout
+
+    def forward(self, pixels):
+        states = self.vision_model(pixel_values=pixels).last_hidden_state
+        if self.readout == "cls":
+            return states[:, 0]
+        return states[:, 1:].mean(dim=1) if self.readout == "mean" else states[:, 1:].max(dim=1).values
+
+
+def build_variant(name: str):
+    from configuration_sisc import SiscConfig
+    from modeling_sisc import SiscModel
+
+    config = SiscConfig.small(vocab_size=709)
+    if name == "cnn":
+        return SmallCnn(config.vision_config.hidden_size), config.vision_config.hidden_size
+    if name == "vit_patch4":
+        config.vision_config.patch_size = 4
+    vision_model = SiscModel(config).vision_model  # built exactly as the main job builds it
+    readout = {"vit_mean": "mean", "vit_max": "max"}.get(name, "cls")
+    return VitReadout(vision_model, readout), config.vision_config.hidden_size
+
+
+def train_variant(name, data, num_colors, args) -> dict:
+    torch.manual_seed(args.seed)
+    encoder, width = build_variant(name)
+    head = nn.Linear(width, data["train"][1].shape[1])
+    params = list(encoder.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.01)
+    warmup = max(1, args.steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (args.steps - warmup))))
+    train_x, train_y = data["train"]
+    test_x, test_y = data["test"]
+    majority = ((train_y.mean(0) > 0.5).float() == test_y).float().mean(0)
+    order = torch.Generator().manual_seed(args.seed)
+    curve, start = [], time.time()
+    for step in range(1, args.steps + 1):
+        rows = torch.randint(len(train_x), (args.batch_size,), generator=order)
+        loss = F.binary_cross_entropy_with_logits(head(encoder(train_x[rows])), train_y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            encoder.eval()
+            with torch.no_grad():
+                correct = ((head(encoder(test_x)) > 0).float() == test_y).float().mean(0)
+            encoder.train()
+            point = {"step": step, "train_loss": loss.item(), "seconds": time.time() - start,
+                     "colour_accuracy": 100 * correct[:num_colors].mean().item(),
+                     "shape_accuracy": 100 * correct[num_colors:].mean().item(),
+                     "shape_accuracy_each": [round(100 * v, 1) for v in correct[num_colors:].tolist()]}
+            curve.append(point)
+            print(f"  {name:<10} step {step:>5}  colour {point['colour_accuracy']:5.1f}%  shape "
+                  f"{point['shape_accuracy']:5.1f}%  ({time.time() - start:.0f} s)", flush=True)
+    return {"variant": name, "parameters": sum(p.numel() for p in encoder.parameters()), "curve": curve,
+            "majority_colour_accuracy": 100 * majority[:num_colors].mean().item(),
+            "majority_shape_accuracy": 100 * majority[num_colors:].mean().item()}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--eval_every", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_cache_dir", default="data_cache/shapes")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "shape_learnability.json"))
+    args = parser.parse_args(argv)
+    if args.steps < 2 or args.eval_every < 1 or args.batch_size < 1:
+        parser.error("--steps must be >= 2, --eval_every and --batch_size >= 1")
+
+    from sisc_train.tasks.encoders import EncoderArguments, build_processor
+    from sisc_train.synthetic.shapes import COLORS, SHAPES, ShapesConfig, load_shapes_dataset
+
+    shapes_config = ShapesConfig()
+    colors, shapes = COLORS[: shapes_config.num_colors], SHAPES[: shapes_config.num_shapes]
+    dataset = load_shapes_dataset(shapes_config, cache_dir=args.data_cache_dir)
+    processor = build_processor(EncoderArguments())  # the main job's: 64 px images, normalised as in training
+    data = {split: labelled_images(dataset[split], processor, colors, shapes) for split in ("train", "test")}
+    print(f"{len(data['train'][0])} training / {len(data['test'][0])} test images; {args.steps} steps of batch "
+          f"{args.batch_size} per variant, {torch.get_num_threads()} threads", flush=True)
+    results = [train_variant(name, data, len(colors), args) for name in args.variants]
+    print("\nvariant      parameters  colour  shape  (majority: colour / shape)")
+    for result in results:
+        last = result["curve"][-1]
+        print(f"{result['variant']:<12} {result['parameters']:>10,}  {last['colour_accuracy']:5.1f}%  "
+              f"{last['shape_accuracy']:5.1f}%  ({result['majority_colour_accuracy']:.1f}% / "
+              f"{result['majority_shape_accuracy']:.1f}%)  {last['seconds']:.0f} s")
+    output = {"args": vars(args), "shapes": list(shapes), "colours": list(colors), "results": results}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(output, handle, indent=2)
+    return output
+
+
+if __name__ == "__main__":
+    main()

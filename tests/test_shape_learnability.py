@@ -1,0 +1,40 @@
+"""benchmarks/shape_learnability.py: its labels and every variant's training loop, on a tiny shapes dataset."""
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks.shape_learnability import VARIANTS, labelled_images, train_variant
+from sisc_train.synthetic.shapes import COLORS, SHAPES, ShapesConfig, load_shapes_dataset
+from sisc_train.tasks.encoders import EncoderArguments, build_processor
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    config = ShapesConfig(num_train=12, num_annotated=1, num_test=4, num_validation=1)  # 64 px: the small model's
+    dataset = load_shapes_dataset(config, cache_dir=str(tmp_path_factory.mktemp("shapes")))
+    processor = build_processor(EncoderArguments())
+    colors, shapes = COLORS[: config.num_colors], SHAPES[: config.num_shapes]
+    return {split: labelled_images(dataset[split], processor, colors, shapes) for split in ("train", "test")}, dataset, config
+
+
+def test_labels_are_the_colours_and_shapes_of_each_image_once(data):
+    splits, dataset, config = data
+    pixels, labels = splits["train"]
+    assert pixels.shape == (12, 3, 64, 64)  # one row per image, not per caption
+    assert labels.shape == (12, config.num_colors + config.num_shapes)
+    scene = json.loads(dataset["train"][0]["scene"])
+    present = [c for c, flag in zip(COLORS, labels[0, : config.num_colors]) if flag]
+    assert set(present) == {o["color"] for o in scene["objects"]}
+    present = [s for s, flag in zip(SHAPES, labels[0, config.num_colors :]) if flag]
+    assert set(present) == {o["shape"] for o in scene["objects"]}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_and_reports_its_curve(data, variant):
+    splits, _, config = data
+    args = argparse.Namespace(seed=0, learning_rate=1e-3, steps=2, batch_size=4, eval_every=1)
+    result = train_variant(variant, splits, config.num_colors, args)
+    assert [point["step"] for point in result["curve"]] == [1, 2]
+    assert 0 <= result["curve"][-1]["shape_accuracy"] <= 100 and result["parameters"] > 0
