@@ -142,11 +142,13 @@ def itm_learning(model, processor, negatives: str, steps: int, batch: int, cache
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="outputs/sisc-small")
-    parser.add_argument("--itm_steps", type=int, default=60)
+    parser.add_argument("--itm_steps", type=int, default=60, help="0 skips the image-text matching part")
     parser.add_argument("--itm_batch", type=int, default=32)
     parser.add_argument("--data_cache_dir", default="data_cache/shapes")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "image_grounding.json"))
     args = parser.parse_args(argv)
+    if args.itm_steps < 0 or args.itm_batch < 1:
+        parser.error("--itm_steps must be >= 0 and --itm_batch >= 1")
 
     from modeling_sisc import SiscModel
     from sisc_train.data.tasks import load_processor
@@ -156,8 +158,10 @@ def main(argv=None) -> dict:
     processor = load_processor(args.model)
     print(f"linear probes of {args.model}'s pooled image features (embedded NLVR scenes, 25% held out):", flush=True)
     probes = run_probes(model, processor, args.data_cache_dir)
-    print(f"image-text matching, fusion encoder + ITM head trained alone ({args.itm_steps} steps, chance 50%):", flush=True)
-    itm = [itm_learning(model, processor, kind, args.itm_steps, args.itm_batch, args.data_cache_dir) for kind in ("random", "hard")]
+    itm = []
+    if args.itm_steps > 0:  # 0: the probes only
+        print(f"image-text matching, fusion encoder + ITM head trained alone ({args.itm_steps} steps, chance 50%):", flush=True)
+        itm = [itm_learning(model, processor, kind, args.itm_steps, args.itm_batch, args.data_cache_dir) for kind in ("random", "hard")]
     result = {"model": args.model, "probes": probes, "itm": itm}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
