@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import torch
@@ -35,7 +34,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
-sys.path.insert(0, ROOT)
 
 VARIANTS = ("vit_cls", "vit_mean", "vit_max", "vit_patch4", "cnn")
 DEFAULT_VARIANTS = ("vit_cls", "vit_mean", "vit_max", "cnn")  # vit_patch4 costs as much as the other four
