@@ -42,6 +42,7 @@ import math
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import time
@@ -191,8 +192,9 @@ def bootstrap_ci(numerator: list[float], denominator: list[float], resamples: in
 class ContentionMeter:
     """CPU time that OTHER processes used during a stretch of wall time, as a share of all cores (Linux only).
 
-    System-wide busy time from /proc/stat minus this process's own CPU time. Machine noise the benchmark cannot
-    remove; printed so a reader can judge a run (a shared machine running other jobs shows tens of percent).
+    System-wide busy time from /proc/stat minus this process's own CPU time and that of its finished children (e.g.
+    DataLoader workers, once joined). Machine noise the benchmark cannot remove; printed so a reader can judge a run
+    (a shared machine running other jobs shows tens of percent).
     """
 
     def __init__(self):
@@ -208,7 +210,8 @@ class ContentionMeter:
             return None
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
         busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-        return busy / ticks, time.process_time(), time.perf_counter()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return busy / ticks, time.process_time() + children.ru_utime + children.ru_stime, time.perf_counter()
 
     def others_share(self) -> float | None:
         end = self._sample()
@@ -216,6 +219,64 @@ class ContentionMeter:
             return None
         busy, own, wall = (b - a for a, b in zip(self.start, end))
         return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, of this process, while the `with` block runs.
+
+    CUDA: `torch.cuda.max_memory_allocated`. CPU: the resident set size, sampled by a thread every `interval`
+    seconds from /proc/self/statm (Linux; None elsewhere). Tensors of more than 32 MiB are mmapped by glibc and given
+    back to the system when freed, so for large tensors the resident size follows the live tensors closely; small
+    allocations may stay cached by the allocator, which makes the CPU number a lower bound for small work.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.0005):
+        self.device, self.interval = device, interval
+        self.peak_bytes: int | None = None
+
+    @staticmethod
+    def _resident() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            return self
+        import threading
+
+        self.start = self._resident()
+        self.highest = self.start
+        self.stop = threading.Event()
+
+        def sample():
+            while not self.stop.is_set():
+                current = self._resident()
+                if current is not None and current > self.highest:
+                    self.highest = current
+                time.sleep(self.interval)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        if self.start is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.start
+            return
+        if self.start is None:
+            return
+        self.stop.set()
+        self.thread.join()
+        current = self._resident()
+        self.peak_bytes = max(self.highest, current or 0) - self.start
 
 
 def timed_region():
