@@ -225,9 +225,11 @@ class PeakMemory:
     """Peak memory above the level at entry, of this process, while the `with` block runs.
 
     CUDA: `torch.cuda.max_memory_allocated`. CPU: the resident set size, sampled by a thread every `interval`
-    seconds from /proc/self/statm (Linux; None elsewhere). Tensors of more than 32 MiB are mmapped by glibc and given
-    back to the system when freed, so for large tensors the resident size follows the live tensors closely; small
-    allocations may stay cached by the allocator, which makes the CPU number a lower bound for small work.
+    seconds from /proc/self/statm (Linux; None elsewhere), above the level at entry after glibc was asked to give
+    its free memory back (`malloc_trim`): memory that earlier work freed but the allocator kept would otherwise hide
+    the new work's growth. Within the block, freed memory the allocator keeps and reuses counts once; fragmentation
+    can only add to the number, so on the CPU it is an upper bound of the live tensors' peak (close to it for large
+    tensors, which glibc maps and unmaps directly).
     """
 
     def __init__(self, device: torch.device, interval: float = 0.0005):
@@ -250,6 +252,13 @@ class PeakMemory:
             return self
         import threading
 
+        gc.collect()
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: the level at entry may include cached free memory
+            pass
         self.start = self._resident()
         self.highest = self.start
         self.stop = threading.Event()

@@ -417,3 +417,14 @@ def test_itm_random_negatives_flag_reaches_the_saved_config(pairs_file, tmp_path
     train(pairs_file, tmp_path / "mixed", "--itm_random_negatives", "0.5", "--max_steps", "1")
     assert json.load(open(tmp_path / "mixed" / "results.json"))["args"]["itm_random_negatives"] == 0.5
     assert json.load(open(tmp_path / "mixed" / "config.json"))["itm_random_negatives"] == 0.5
+
+
+def test_fused_adamw_makes_the_same_updates(pairs_file, tmp_path):
+    """--fused_adamw (benchmarks/throughput.py measures it) trains to the same weights as the default AdamW, up to
+    float rounding, and is recorded with the run's settings."""
+    train(pairs_file, tmp_path / "default", "--max_steps", "2")
+    train(pairs_file, tmp_path / "fused", "--max_steps", "2", "--fused_adamw")
+    default, fused = final_state(tmp_path / "default"), final_state(tmp_path / "fused")
+    for name, tensor in default.items():
+        torch.testing.assert_close(fused[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    assert json.loads((tmp_path / "fused" / "results.json").read_text())["args"]["fused_adamw"] is True

@@ -40,6 +40,11 @@ class TrainingArguments:
     gradient_accumulation_steps: int = 1
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (Accelerate)."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes decoding images."})
+    fused_adamw: bool = field(
+        default=False,
+        metadata={"help": "torch's fused AdamW (one kernel for all parameters, CPU or CUDA): faster, the same update up to "
+                          "float rounding (benchmarks/throughput.py measures it)."},
+    )
     logging_steps: int = 20
     checkpointing_steps: int | None = field(default=None, metadata={"help": "accelerator.save_state every N steps."})
     save_total_limit: int | None = field(

@@ -169,7 +169,8 @@ def make_accelerator(task: Task, args: TrainingArguments) -> Accelerator:
         log_with=trackers(args.report_to),
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
         # dispatch_batches=False: every process reads its own shard (batches carry non-tensor bookkeeping)
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False,
+                                                  non_blocking=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=task.find_unused_parameters)],
     )
 
@@ -214,6 +215,8 @@ def train(task: Task, args: TrainingArguments) -> dict:
         num_workers=args.num_workers,
         collate_fn=collator,
         persistent_workers=args.num_workers > 0,
+        # page-locked batches copy to a GPU asynchronously (with the non-blocking transfer set in make_accelerator)
+        pin_memory=accelerator.device.type == "cuda",
         worker_init_fn=ignore_stop_signals,  # Ctrl-C is the training process's to handle (a checkpoint first)
         # its own generator: starting an epoch's iterator must not draw from the global RNG, or a resumed run's
         # masking / hard-negative sampling would drift from an uninterrupted one
@@ -224,7 +227,9 @@ def train(task: Task, args: TrainingArguments) -> dict:
     parameters = parameter_counts(model)
     accelerator.print(f"{type(model).__name__}: {parameters['total']:,} parameters, {parameters['trainable']:,} trainable, "
                       f"{parameters['without_momentum_copy']:,} without the momentum copy")
-    optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, args.vision_lr(), args.weight_decay))
+    # fused: one kernel for all parameters; the same update up to float rounding, so opt-in (--fused_adamw)
+    optimizer = torch.optim.AdamW(param_groups(model, args.learning_rate, args.vision_lr(), args.weight_decay),
+                                  **({"fused": True} if args.fused_adamw else {}))
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, max(total_steps - 1, 0)), max(total_steps, 1))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     try:
