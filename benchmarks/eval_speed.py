@@ -2,7 +2,7 @@
 
     python benchmarks/eval_speed.py                            # the small default model (random weights) on shapes
     python benchmarks/eval_speed.py --model outputs/sisc-small --rerank_k 16 64 --rounds 3
-    python benchmarks/eval_speed.py --scale 500 1000 2000 5000 --rerank_k 16 256     # COCO scale, generated inputs
+    python benchmarks/eval_speed.py --scale 250 1000 5000 --rerank_k 16 256 --max_pairs 500000   # COCO scale, generated
 
 All variants run in the same process on the same data, interleaved over `--rounds` rounds (so machine noise hits
 them alike); the table gives medians and the ratio of each full evaluation to the ITC-only one. Results also go to
@@ -10,8 +10,9 @@ benchmarks/results/eval_speed.json.
 
 `--scale N ...` instead runs the whole evaluation (`evaluate_retrieval`: encoding, ITC ranking and metrics, ITM
 re-ranking of each query's top k in both directions) on generated sets of N images with 5 captions each (COCO's 5k
-test split is N = 5,000: 25,000 captions), for every k of `--rerank_k` (and k = 0, ITC only), with the time of each
-part and the peak memory above the model (`PeakMemory` of train_speed.py). Runs with more than `--max_pairs` fused
+test split is N = 5,000: 25,000 captions), for every k of `--rerank_k` (and k = 0, ITC only), every configuration
+once per round over `--rounds` rounds in a rotating order: the median time of each part and the largest peak memory
+above the model (`PeakMemory` of train_speed.py). Runs with more than `--max_pairs` fused
 pairs ((N + 5N) x k) are not run but projected from the measured cost per fused pair, which the run checks is
 constant (cost linear in N x k). The fused-pair FLOPs of the small and the paper's base model are counted
 (`torch.utils.flop_counter`) for a projection to the base model. Results go to benchmarks/results/eval_scale.json.
@@ -91,34 +92,48 @@ def fused_pairs(n_images: int, n_captions: int, k: int) -> int:
 def scale_study(model, processor, args) -> dict:
     """The whole evaluation on generated sets of growing size (see the module docstring)."""
     from configuration_sisc import SiscConfig
-    from train_speed import PeakMemory, timed_region  # same folder
+    from train_speed import ContentionMeter, PeakMemory, rotated, timed_region  # same folder
 
     words = [w for w in processor.tokenizer.get_vocab() if w.isalpha() and len(w) > 2] or ["word"]
     image_size = model.config.vision_config.image_size
-    runs = []
+    device = torch.device(args.device)
+    sets, configs = {}, []
     for n_images in args.scale:
-        data = generated_set(n_images, image_size, words)
+        sets[n_images] = generated_set(n_images, image_size, words)
         for k in [0, *args.rerank_k]:
-            pairs = fused_pairs(n_images, len(data.captions), k)
+            pairs = fused_pairs(n_images, len(sets[n_images].captions), k)
             if pairs > args.max_pairs:
                 print(f"N={n_images}, k={k}: {pairs:,} fused pairs > --max_pairs {args.max_pairs:,}: projected, not run")
-                continue
-            device = torch.device(args.device)
+            else:
+                configs.append((n_images, k, pairs))
+    measured = {config: [] for config in configs}
+    meter = ContentionMeter()
+    for round_index in range(args.rounds):  # every configuration once per round, in a rotating order
+        for n_images, k, pairs in rotated(configs, round_index):
+            data = sets[n_images]
             with timed_region(), PeakMemory(device) as peak:
                 started = time.perf_counter()
                 results = evaluate_retrieval(model, processor, data, rerank_k=k, itm_batch_size=args.itm_batch_size,
                                              max_bad_fraction=None)
                 total = time.perf_counter() - started
             timing = results["timing"]
-            run = {"n_images": n_images, "n_captions": len(data.captions), "k": k, "fused_pairs": pairs,
-                   "total_s": total, "encode_s": timing["encode_seconds"], "rerank_s": timing.get("rerank_seconds", 0.0),
-                   "peak_memory_bytes": peak.peak_bytes}
-            run["itc_ranking_and_metrics_s"] = total - run["encode_s"] - run["rerank_s"]
-            if pairs:
-                run["rerank_s_per_pair"] = run["rerank_s"] / pairs
-            runs.append(run)
-            print(f"N={n_images}, k={k}: {total:.1f} s (encode {run['encode_s']:.1f}, ITC {run['itc_ranking_and_metrics_s']:.1f}, "
-                  f"re-rank {run['rerank_s']:.1f}); peak memory +{(peak.peak_bytes or 0) / 2**20:.0f} MiB")
+            measured[(n_images, k, pairs)].append({"total_s": total, "encode_s": timing["encode_seconds"],
+                                                   "rerank_s": timing.get("rerank_seconds", 0.0), "peak_memory_bytes": peak.peak_bytes})
+            print(f"round {round_index + 1}: N={n_images}, k={k}: {total:.1f} s (encode {timing['encode_seconds']:.1f}, re-rank "
+                  f"{timing.get('rerank_seconds', 0.0):.1f}); peak memory +{(peak.peak_bytes or 0) / 2**20:.0f} MiB")
+    others = meter.others_share()
+    runs = []
+    for (n_images, k, pairs), values in measured.items():
+        run = {"n_images": n_images, "n_captions": len(sets[n_images].captions), "k": k, "fused_pairs": pairs,
+               "rounds": len(values)}
+        for name in ("total_s", "encode_s", "rerank_s"):  # medians over the rounds
+            run[name] = statistics.median(value[name] for value in values)
+        peaks = [value["peak_memory_bytes"] for value in values if value["peak_memory_bytes"] is not None]
+        run["peak_memory_bytes"] = max(peaks) if peaks else None
+        run["itc_ranking_and_metrics_s"] = statistics.median(value["total_s"] - value["encode_s"] - value["rerank_s"] for value in values)
+        if pairs:
+            run["rerank_s_per_pair"] = run["rerank_s"] / pairs
+        runs.append(run)
     per_pair = [run["rerank_s_per_pair"] for run in runs if run["k"] and run["fused_pairs"] >= 10_000]
     per_pair = per_pair or [run["rerank_s_per_pair"] for run in runs if run["k"]]
     seconds_per_pair = statistics.median(per_pair) if per_pair else None
@@ -134,7 +149,7 @@ def scale_study(model, processor, args) -> dict:
                           if seconds_per_pair and seconds_per_item else None}
     text_length = 30  # ALBEF's retrieval captions are truncated at 30 tokens
     flops = {"small": fused_pair_flops(model.config, text_length), "base": fused_pair_flops(SiscConfig.base(), text_length)}
-    return {"runs": runs, "rerank_seconds_per_fused_pair": seconds_per_pair,
+    return {"runs": runs, "other_processes_cpu_share": others, "rerank_seconds_per_fused_pair": seconds_per_pair,
             "rerank_seconds_per_fused_pair_spread": [min(per_pair), max(per_pair)] if per_pair else None,
             "seconds_per_item_without_rerank": seconds_per_item, "coco_5k": coco, "coco_5k_projection": projections,
             "fused_pair_flops_text30": flops}
@@ -155,6 +170,8 @@ def print_scale(study: dict) -> None:
         for k, projection in study["coco_5k_projection"].items():
             print(f"COCO 5k (5,000 x 25,000), k={k}: {projection['fused_pairs']:,} fused pairs, re-ranking "
                   f"{projection['rerank_s'] / 60:.1f} min, whole evaluation {projection['total_s'] / 60:.1f} min (projected)")
+    others = study["other_processes_cpu_share"]
+    print("other processes used " + ("n/a" if others is None else f"{100 * others:.1f}%") + " of the machine's CPU (0% = quiet machine)")
     flops = study["fused_pair_flops_text30"]
     print(f"FLOPs per fused pair (30 text tokens): small {flops['small'] / 1e6:.1f} MFLOP, base {flops['base'] / 1e9:.2f} GFLOP "
           f"({flops['base'] / flops['small']:.0f}x)")

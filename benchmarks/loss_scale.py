@@ -19,10 +19,8 @@ float32 matrix. Results go to `--output` (JSON) and a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -30,7 +28,9 @@ import torch
 
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscModel
-from train_speed import ContentionMeter, PeakMemory, rotated, summarize, synchronize, timed_region  # same folder
+from train_speed import (  # same folder
+    ContentionMeter, PeakMemory, rotated, summarize, synchronize, timed_region, write_results,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("infonce", "srcl", "srcl+teacher")
@@ -144,10 +144,7 @@ def main(argv=None) -> dict:
         "by_n": {str(n): row for n, row in table.items()},
         "other_processes_cpu_share": others,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"results written to {os.path.relpath(os.path.abspath(args.output))}")
+    write_results(results, args.output)
     return results
 
 

@@ -62,7 +62,7 @@ from modeling_sisc import (
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
 
 VOCAB_SIZE = 709  # size of the shipped vocabulary (sisc_vocab.txt): [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4
-PAD_ID, CLS_ID, SEP_ID, FIRST_WORD_ID = 0, 2, 3, 5
+PAD_ID, FIRST_WORD_ID = 0, 5  # [PAD]; the first id after the special tokens
 GOAL_SRCL_OVER_INFONCE = 1.03
 
 # (name, contrastive_loss, teacher mode)
@@ -121,18 +121,18 @@ def small_config(args, contrastive_loss: str) -> SiscConfig:
     )
 
 
-def synthetic_batch(args, device: torch.device) -> dict[str, torch.Tensor]:
-    """One fixed batch shaped like the collator's output: captions of random length, right-padded."""
-    generator = torch.Generator().manual_seed(args.seed + 12345)
-    batch, length = args.batch_size, args.seq_len
+def synthetic_batch(config: SiscConfig, batch: int, length: int, seed: int, device: torch.device) -> dict:
+    """A fixed batch shaped like the collator's output: captions of random length (half to all of `length` tokens,
+    token ids from the config's vocabulary with its [CLS] / [SEP]), right-padded; one image per pair."""
+    generator = torch.Generator().manual_seed(seed + 12345)
     lengths = torch.randint(max(3, length // 2), length + 1, (batch,), generator=generator)
-    input_ids = torch.randint(FIRST_WORD_ID, VOCAB_SIZE, (batch, length), generator=generator)
-    positions = torch.arange(length).unsqueeze(0)
-    attention_mask = (positions < lengths.unsqueeze(1)).long()
-    input_ids[:, 0] = CLS_ID
-    input_ids[torch.arange(batch), lengths - 1] = SEP_ID
+    input_ids = torch.randint(FIRST_WORD_ID, config.text_config.vocab_size, (batch, length), generator=generator)
+    attention_mask = (torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    input_ids[:, 0] = config.cls_token_id
+    input_ids[torch.arange(batch), lengths - 1] = config.sep_token_id
     input_ids[attention_mask == 0] = PAD_ID
-    pixel_values = torch.randn(batch, 3, args.image_size, args.image_size, generator=generator).clamp(-1, 1)
+    size = config.vision_config.image_size
+    pixel_values = torch.randn(batch, 3, size, size, generator=generator).clamp(-1, 1)
     return {
         "input_ids": input_ids.to(device),
         "attention_mask": attention_mask.to(device),
@@ -288,6 +288,14 @@ class PeakMemory:
         self.peak_bytes = max(self.highest, current or 0) - self.start
 
 
+def write_results(results: dict, path: str) -> None:
+    """A benchmark's results as JSON at `path` (its folder created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"results written to {os.path.relpath(os.path.abspath(path))}")
+
+
 def timed_region():
     """Collect garbage before a timed region and keep the collector off inside it (as timeit does)."""
 
@@ -321,7 +329,7 @@ class StepBench:
         torch.manual_seed(args.seed + 1)
         self.teacher = SiscModel(small_config(args, "infonce")).to(device).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=0.01)
-        self.batch = synthetic_batch(args, device)
+        self.batch = synthetic_batch(self.model.config, args.batch_size, args.seq_len, args.seed, device)
         with torch.no_grad():
             self.cache = self.teacher_embeddings()
         synchronize(device)
@@ -630,11 +638,7 @@ def main(argv=None) -> dict:
         },
         "elapsed_s": elapsed,
     }
-    output_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(output_dir, exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"results written to {os.path.relpath(os.path.abspath(args.output))}")
+    write_results(results, args.output)
     return results
 
 

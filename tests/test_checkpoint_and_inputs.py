@@ -113,7 +113,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(checkpoint):
         return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     loss_plain, grads_plain = grads()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     assert model.sisc.fusion_model.layer[0].gradient_checkpointing
     loss_ckpt, grads_ckpt = grads()
     torch.testing.assert_close(loss_ckpt, loss_plain)

@@ -704,8 +704,8 @@ def test_gradient_checkpointing_recomputes_every_layer_and_keeps_the_gradients(n
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, list(runs)
 
     loss_plain, grads_plain, runs_plain = run()
-    model.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing and all(layer.gradient_checkpointing for layer in layers)
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing and all(layer.gradient_checkpointing for layer in layers)
     loss_ckpt, grads_ckpt, runs_ckpt = run()
     # every layer ran once more than without checkpointing: its forward was recomputed in the backward pass
     assert all(ckpt == plain + plain for ckpt, plain in zip(runs_ckpt, runs_plain)) and min(runs_plain) > 0, (runs_plain, runs_ckpt)

@@ -49,7 +49,8 @@ def test_fused_pairs_counts_both_directions_and_caps_k():
 
 def test_eval_scale_runs_and_projects_what_it_skips(tmp_path, capsys):
     out = tmp_path / "scale.json"
-    study = eval_speed.main(["--scale", "3", "6", "--rerank_k", "2", "8", "--max_pairs", "100", "--output", str(out)])
+    study = eval_speed.main(["--scale", "3", "6", "--rerank_k", "2", "8", "--max_pairs", "100", "--rounds", "1",
+                             "--output", str(out)])
     ran = {(run["n_images"], run["k"]) for run in study["runs"]}
     assert ran == {(3, 0), (3, 2), (3, 8), (6, 0), (6, 2)}  # (6, 8): 6 * 8 + 30 * 6 = 228 pairs > 100
     assert all(run["n_captions"] == 5 * run["n_images"] for run in study["runs"])
