@@ -68,7 +68,7 @@ def generated_set(n_images: int, image_size: int, words: list[str], seed: int = 
 
 
 def fused_pair_flops(config, text_length: int) -> int:
-    """FLOPs of one ITM forward (fusion encoder + head) of one image-text pair, counted on a random-weight model."""
+    """FLOPs of one ITM forward (fusion encoder + head) of one image-text pair, counted on a meta-device model."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from modeling_sisc import SiscModel
@@ -206,10 +206,9 @@ def main(argv=None) -> dict:
         study = scale_study(model, processor, args)
         print_scale(study)
         study.update(device=args.device, torch_threads=torch.get_num_threads(), model=args.model or "small (random weights)")
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as handle:
-            json.dump(study, handle, indent=2)
-        print(f"results written to {args.output}")
+        from train_speed import write_results  # same folder
+
+        write_results(study, args.output)
         return study
     data = load_retrieval_set(args.data, args.split, max_images=args.max_images)
     n_images, n_captions = len(data.images), len(data.captions)

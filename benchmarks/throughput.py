@@ -52,7 +52,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 
 import torch
 import transformers
@@ -152,7 +151,7 @@ def matmul_peak(device: torch.device, size: int, rounds: int, repeats: int = 3) 
     return {str(dtype).removeprefix("torch."): flops / statistics.median(values) for dtype, values in times.items()}
 
 
-def matmul_at_model_shapes(device: torch.device, config: SiscConfig, batch: int, seq_len: int, rounds: int) -> dict:
+def matmul_at_model_shapes(device: torch.device, config: SiscConfig, batch: int, rounds: int) -> dict:
     """FLOP/s of the model's own largest fp32 matmul (image tokens x hidden @ hidden x intermediate), as the
     forward's feed-forward layers run it: how far from the square-matmul peak a matmul of this model's width gets."""
     vision = config.vision_config
@@ -352,7 +351,8 @@ def parameter_bytes(model: torch.nn.Module) -> dict[str, int]:
             "gradients_and_adamw_bytes": 12 * trainable}
 
 
-def measure_steps(bench: StepBench, args) -> dict:
+def measure_steps(bench: StepBench, args) -> tuple[dict[str, list[float]], float | None]:
+    """Seconds of every variant's step over the measured rounds, and the CPU share other processes used meanwhile."""
     variants = list(args.variants)
     if "compile" in variants:  # compile outside the timed rounds: report its one-off cost
         start = time.perf_counter()
@@ -515,8 +515,7 @@ def gib(value: float) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     # switching the attention kernel between variants warns that the fusion encoder's sub-config has no sub-model of
-    # its own (it is built from BERT modules, which read the setting at call time): expected here, said once
-    warnings.filterwarnings("ignore", message=".*sub-config `fusion_encoder_config`.*")
+    # its own (it is built from BERT modules, which read the setting at call time): expected here, not worth a warning
     transformers.logging.get_logger("transformers.modeling_utils").addFilter(
         lambda record: "sub-config `fusion_encoder_config`" not in record.getMessage())
     device = torch.device(args.device)
@@ -538,7 +537,7 @@ def main(argv=None) -> dict:
     if "peak" in args.sections:
         peak = matmul_peak(device, args.peak_size, max(args.rounds, 5))
         results["matmul_peak_flops"] = peak
-        model_shape = matmul_at_model_shapes(device, build_config(args), args.batch_size, args.seq_len, max(args.rounds, 5))
+        model_shape = matmul_at_model_shapes(device, build_config(args), args.batch_size, max(args.rounds, 5))
         results["matmul_at_model_shape"] = model_shape
         lines += ["", f"Dense matmul peak ({args.peak_size}^2, measured): fp32 {peak['float32'] / 1e9:.1f} GFLOP/s, "
                       f"bf16 {peak['bfloat16'] / 1e9:.1f} GFLOP/s; the model's feed-forward matmul "
