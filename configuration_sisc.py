@@ -14,7 +14,9 @@ import math
 from transformers import AutoConfig, BertConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-CONTRASTIVE_LOSSES = ("srcl", "infonce")
+CONTRASTIVE_LOSSES = ("srcl", "infonce", "soft_infonce", "debiased", "hard_negatives", "siglip", "multi_positive")
+# objectives that are a softmax over weighted negatives: soft targets (label smoothing, momentum distillation) apply
+SOFTMAX_LOSSES = ("srcl", "infonce", "soft_infonce", "multi_positive")
 WEIGHT_NORMS = ("mean", "softmax")
 ALPHA_SCHEDULES = ("linear", "cosine", "constant")
 # Image towers whose outputs are patch tokens (+ a summary: see modeling_sisc.image_summary).
@@ -47,7 +49,14 @@ class SiscConfig(PreTrainedConfig):
         temperature_init (`float`, defaults to 0.07):
             Initial contrastive temperature; it is learned and kept within [0.001, 0.5] (as ALBEF does).
         contrastive_loss (`str`, defaults to `"srcl"`):
-            `"srcl"`: negatives weighted by cross-modal similarity; `"infonce"`: plain CLIP/ALBEF ITC.
+            `"srcl"`: negatives weighted by cross-modal similarity; `"infonce"`: plain CLIP/ALBEF ITC. The peer
+            objectives of the false-negative benchmark (formulas in `modeling_sisc`, each from its paper):
+            `"soft_infonce"` (Li et al., 2023: negatives weighted by a linear function of their softmax similarity,
+            clipped from below), `"debiased"` (Chuang et al., 2020: the negatives' term corrected by the class prior
+            `debiased_prior`), `"hard_negatives"` (Robinson et al., 2021: the debiased term with the negatives
+            re-weighted by `exp(hard_negative_beta * logit)`, the hardest up), `"siglip"` (Zhai et al., 2023: a sigmoid
+            loss per pair with a learned bias) and `"multi_positive"` (pairs that share an image or a caption text are
+            all positives, with equal target mass).
         weight_norm (`str`, defaults to `"mean"`):
             How `1 / s_ij` becomes a weight with mean 1 over each anchor's negatives: `"mean"` divides by the
             mean (delta cancels), `"softmax"` takes (N - 1) * softmax(delta / s_ij) (delta is a sharpness).
@@ -63,6 +72,20 @@ class SiscConfig(PreTrainedConfig):
             Number of optimisation steps over which alpha moves from `alpha_start` to `alpha_end`.
         alpha_schedule (`str`, defaults to `"linear"`):
             Shape of the alpha schedule: `"linear"`, `"cosine"` or `"constant"` (stays at `alpha_start`).
+        label_smoothing (`float`, defaults to 0.0):
+            Share of each anchor's target mass spread evenly over all its candidates (as `torch`'s cross-entropy does),
+            for the softmax objectives (`"srcl"`, `"infonce"`, `"soft_infonce"`, `"multi_positive"`).
+        soft_infonce_alpha, soft_infonce_temperature, soft_infonce_min_weight (`float`, defaults 1.0, 0.07, 0.1):
+            Soft-InfoNCE's weights `w_ij = max((1 - alpha * q_ij) / (1 - alpha / K), min_weight)`, with `q_ij` the
+            softmax over the anchor's K negatives of the (teacher-mixed) cosine similarity / temperature. alpha is the
+            paper's alpha / beta (only their ratio matters); 0 gives InfoNCE.
+        debiased_prior (`float`, defaults to 0.1):
+            The class prior tau+ of `"debiased"` and `"hard_negatives"`: the expected share of an anchor's negatives that
+            match it; 0 gives InfoNCE (`"debiased"`) or pure hard-negative weighting (`"hard_negatives"`).
+        hard_negative_beta (`float`, defaults to 1.0):
+            Concentration beta of `"hard_negatives"`: negatives are re-weighted by `exp(beta * logit)` (mean 1 per anchor).
+        siglip_bias_init (`float`, defaults to -10.0):
+            Initial value of the learned bias of `"siglip"` (SigLIP's -10: most pairs are negatives).
         itc_loss_weight, itm_loss_weight, mlm_loss_weight (`float`, default 1.0):
             Weights of the three pretraining losses in `SiscForPreTraining`'s total loss.
         mlm_probability (`float`, defaults to 0.15):
@@ -122,6 +145,13 @@ class SiscConfig(PreTrainedConfig):
     alpha_end: float = 0.0
     alpha_steps: int = 10000
     alpha_schedule: str = "linear"
+    label_smoothing: float = 0.0
+    soft_infonce_alpha: float = 1.0
+    soft_infonce_temperature: float = 0.07
+    soft_infonce_min_weight: float = 0.1
+    debiased_prior: float = 0.1
+    hard_negative_beta: float = 1.0
+    siglip_bias_init: float = -10.0
     itc_loss_weight: float = 1.0
     itm_loss_weight: float = 1.0
     mlm_loss_weight: float = 1.0
@@ -203,6 +233,7 @@ class SiscConfig(PreTrainedConfig):
             fail("alpha_steps", f"must be a non-negative integer, got {self.alpha_steps!r}")
         if self.alpha_schedule not in ALPHA_SCHEDULES:
             fail("alpha_schedule", f"must be one of {ALPHA_SCHEDULES}, got {self.alpha_schedule!r}")
+        self.validate_peer_objectives()
         vocab_size = self.text_config.vocab_size
         for field in ("cls_token_id", "sep_token_id", "mask_token_id"):
             if not 0 <= getattr(self, field) < vocab_size:
@@ -223,6 +254,38 @@ class SiscConfig(PreTrainedConfig):
         if not 0.0 <= self.itm_random_negatives <= 1.0:
             fail("itm_random_negatives", f"must lie in [0, 1], got {self.itm_random_negatives!r}")
         self.validate_task_settings()
+
+    def validate_peer_objectives(self):
+        """Checks of the peer objectives' knobs (label smoothing, Soft-InfoNCE, debiased / hard negatives, SigLIP)."""
+        def fail(field, message):
+            raise ValueError(f"SiscConfig.{field} {message}")
+
+        def number(field) -> float:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(field, f"must be a finite number, got {value!r}")
+            return value
+
+        if not 0.0 <= number("label_smoothing") < 1.0:
+            fail("label_smoothing", f"must lie in [0, 1), got {self.label_smoothing!r}")
+        if self.label_smoothing and self.contrastive_loss not in SOFTMAX_LOSSES:
+            fail("label_smoothing", f"applies to the softmax objectives {SOFTMAX_LOSSES}, not {self.contrastive_loss!r}")
+        if self.label_smoothing and self.use_momentum_distillation:
+            fail("label_smoothing", "cannot be combined with use_momentum_distillation (its soft targets replace it)")
+        if number("soft_infonce_alpha") < 0:
+            fail("soft_infonce_alpha", f"must be >= 0, got {self.soft_infonce_alpha!r}")
+        if number("soft_infonce_temperature") <= 0:
+            fail("soft_infonce_temperature", f"must be > 0, got {self.soft_infonce_temperature!r}")
+        if not 0.0 <= number("soft_infonce_min_weight") <= 1.0:
+            fail("soft_infonce_min_weight", f"must lie in [0, 1], got {self.soft_infonce_min_weight!r}")
+        if not 0.0 <= number("debiased_prior") < 1.0:
+            fail("debiased_prior", f"must lie in [0, 1), got {self.debiased_prior!r}")
+        if number("hard_negative_beta") < 0:
+            fail("hard_negative_beta", f"must be >= 0, got {self.hard_negative_beta!r}")
+        number("siglip_bias_init")
+        if self.use_momentum_distillation and self.contrastive_loss not in ("srcl", "infonce", "soft_infonce"):
+            fail("use_momentum_distillation", "works with the weighted-softmax objectives 'srcl', 'infonce' and "
+                                              f"'soft_infonce', not {self.contrastive_loss!r}")
 
     def validate_task_settings(self):
         """Checks of the downstream-task fields (VQA head and answer list)."""

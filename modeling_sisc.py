@@ -194,6 +194,159 @@ def anchor_contrastive_loss(
     return -torch.where(targets > 0, targets * log_probs, torch.zeros_like(log_probs)).sum(dim=1).mean()
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Peer objectives: the other published answers to false negatives (each from its paper's formula)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def soft_infonce_weights(
+    similarity: torch.Tensor,
+    *,
+    alpha: float = 1.0,
+    temperature: float = 0.07,
+    min_weight: float = 0.1,
+    ignore_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft-InfoNCE's weights of each anchor's negatives (Li et al., EMNLP 2023, "Rethinking Negative Pairs in Code
+    Search"), from the same (positive) similarity s_ij as `regulation_weights`:
+
+        q_ij = softmax_j(log(s_ij) / temperature) over the row's K negatives    (log s = cos for one model)
+        w_ij = max((1 - alpha * q_ij) / (1 - alpha / K), min_weight)
+
+    Linear in the estimated probability q of being the match, 1 where q is uniform (1 / K), so the weights average
+    1 before clipping and alpha = 0 is InfoNCE; alpha is the paper's alpha / beta (only the ratio matters). The most
+    similar negatives get the least weight, but never less than `min_weight`. The positive gets 1, ignored pairs 0.
+    """
+    _check_matrix("similarity", similarity)
+    s = similarity.detach().float()
+    if not bool(torch.isfinite(s).all() and (s > 0).all()):
+        raise ValueError("similarity must be finite and > 0 (it is exp(cos)); got non-positive values")
+    negatives = _negatives_mask(s.shape, s.device, ignore_mask)
+    count = negatives.sum(dim=1, keepdim=True).float()
+    if bool(((count > 0) & (alpha >= count)).any()):
+        raise ValueError(f"soft_infonce_alpha ({alpha}) must be smaller than every anchor's number of negatives "
+                         f"(smallest: {int(count[count > 0].min())}): the weights' normaliser 1 - alpha / K must stay > 0")
+    scores = torch.where(negatives, s.log() / temperature, torch.full_like(s, float("-inf")))
+    scores = torch.where(count > 0, scores, torch.zeros_like(s))  # a row without negatives: no NaNs
+    q = torch.softmax(scores, dim=1)
+    weights = ((1.0 - alpha * q) / (1.0 - alpha / count.clamp(min=1))).clamp(min=min_weight)
+    weights = torch.where(negatives, weights, torch.zeros_like(weights))
+    rows = torch.arange(s.shape[0], device=s.device)
+    weights[rows, rows] = 1.0
+    return weights
+
+
+@torch.no_grad()
+def hard_negative_weights(logits: torch.Tensor, beta: float, ignore_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Robinson et al.'s (ICLR 2021) importance weights of the negatives: K * softmax_j(beta * logits_ij) over each
+    row's K negatives (mean 1; the hardest negatives up), positive 1, ignored pairs 0. beta = 0 gives all ones."""
+    _check_matrix("logits", logits)
+    logits = logits.detach().float()
+    negatives = _negatives_mask(logits.shape, logits.device, ignore_mask)
+    count = negatives.sum(dim=1, keepdim=True)
+    scores = torch.where(negatives, beta * logits, torch.full_like(logits, float("-inf")))
+    scores = torch.where(count > 0, scores, torch.zeros_like(logits))
+    weights = torch.where(negatives, torch.softmax(scores, dim=1) * count, torch.zeros_like(logits))
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    weights[rows, rows] = 1.0
+    return weights
+
+
+def debiased_contrastive_loss(
+    logits: torch.Tensor,
+    *,
+    logit_floor: float | torch.Tensor,
+    prior: float = 0.0,
+    beta: float = 0.0,
+    ignore_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One direction of the debiased contrastive loss (Chuang et al., NeurIPS 2020) and of its hard-negative variant
+    (Robinson et al., ICLR 2021), averaged over anchors; rows are anchors, column i the positive of row i.
+
+    With the row's K negatives, their importance weights w_ij (`hard_negative_weights`, all 1 for beta = 0) and the
+    class prior tau+ = `prior` (the share of an anchor's negatives expected to match it):
+
+        Ng_i = max((mean_j w_ij exp(l_ij) - tau+ exp(l_ii)) / (1 - tau+), exp(logit_floor))
+        loss_i = -log(exp(l_ii) / (exp(l_ii) + K * Ng_i))
+
+    The positive's exp(l_ii) estimates how much of the negatives' mass is false negatives and removes it; the floor is
+    the papers' e^(-1/t), the smallest value a negative's term can take (pass -1 / temperature for cosine logits).
+    prior = beta = 0 is InfoNCE. The weights are detached (a sampling distribution); Ng carries the gradient.
+    Computed in log space in float32.
+    """
+    _check_matrix("logits", logits)
+    if not 0.0 <= prior < 1.0:
+        raise ValueError(f"prior must lie in [0, 1), got {prior}")
+    logits = logits.float()
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    negatives = _negatives_mask(logits.shape, logits.device, ignore_mask)
+    count = negatives.sum(dim=1).float()
+    weights = hard_negative_weights(logits, beta, ignore_mask)
+    # log(mean_j w_ij exp(l_ij)) over the negatives
+    weighted = torch.where(negatives, logits + weights.clamp(min=torch.finfo(torch.float32).tiny).log(),
+                           torch.full_like(logits, float("-inf")))
+    log_mean = torch.logsumexp(weighted, dim=1) - count.clamp(min=1).log()
+    positive = logits[rows, rows]
+    floor = torch.as_tensor(logit_floor, dtype=torch.float32, device=logits.device).expand_as(positive)
+    if prior > 0:
+        # log((e^a - tau e^b) / (1 - tau)) = a + log(1 - tau e^(b - a)) - log(1 - tau), where that stays positive
+        remaining = 1.0 - prior * torch.exp((positive - log_mean).clamp(max=80.0))
+        corrected = log_mean + remaining.clamp(min=torch.finfo(torch.float32).tiny).log() - math.log(1.0 - prior)
+        log_ng = torch.where(remaining > 0, torch.maximum(corrected, floor), floor)
+    else:
+        log_ng = torch.maximum(log_mean, floor)
+    log_negatives = torch.where(count > 0, count.clamp(min=1).log() + log_ng, torch.full_like(log_ng, float("-inf")))
+    return (torch.logaddexp(positive, log_negatives) - positive).mean()
+
+
+def sigmoid_pairwise_loss(
+    logits: torch.Tensor,
+    bias: torch.Tensor | float,
+    *,
+    ignore_mask: torch.Tensor | None = None,
+    positive_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SigLIP's loss (Zhai et al., ICCV 2023): every (text, image) pair is its own binary problem,
+
+        loss = -1/N sum_ij log sigmoid(z_ij * (l_ij + bias)),  z_ij = +1 for the pair (and `positive_mask`), -1 else
+
+    over the N x N scaled similarities `logits` (text x image); `ignore_mask` pairs (another caption of the same
+    image) are left out. Symmetric by construction: one sum serves both directions."""
+    _check_matrix("logits", logits)
+    logits = logits.float()
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    labels = -torch.ones_like(logits)
+    labels[rows, rows] = 1.0
+    if positive_mask is not None:
+        labels = torch.where(positive_mask.to(logits.device, torch.bool), torch.ones_like(labels), labels)
+    terms = F.logsigmoid(labels * (logits + bias))
+    if ignore_mask is not None:
+        if ignore_mask.shape != logits.shape:
+            raise ValueError(f"ignore_mask has shape {tuple(ignore_mask.shape)}, expected {tuple(logits.shape)}")
+        keep = ~ignore_mask.to(logits.device, torch.bool)
+        keep[rows, rows] = True
+        terms = torch.where(keep, terms, torch.zeros_like(terms))
+    return -terms.sum() / logits.shape[0]
+
+
+def target_distribution(
+    positives: torch.Tensor, kept: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Soft targets for `anchor_contrastive_loss`: each row's mass split evenly over its positives (`positives`, bool,
+    the diagonal always included), and with `label_smoothing` = eps, (1 - eps) of it so, eps spread evenly over the
+    row's `kept` candidates (those with a non-zero weight; default all), as torch's cross-entropy smooths labels."""
+    positives = positives.clone().bool()
+    rows = torch.arange(positives.shape[0], device=positives.device)
+    positives[rows, rows] = True
+    kept = torch.ones_like(positives) if kept is None else kept.bool() | positives
+    targets = positives.float() / positives.sum(dim=1, keepdim=True)
+    if label_smoothing:
+        uniform = kept.float() / kept.sum(dim=1, keepdim=True)
+        targets = (1.0 - label_smoothing) * targets + label_smoothing * uniform
+    return targets
+
+
 def regulated_contrastive_loss(
     logits_per_text: torch.Tensor,
     weights_t2i: torch.Tensor | None = None,
@@ -458,6 +611,8 @@ class SiscPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, SiscModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.temperature_init))
+            if module.logit_bias is not None:
+                init.constant_(module.logit_bias, self.config.siglip_bias_init)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # One checkpoint serves every Auto class (the pipeline needs the zero-shot entry); transformers itself
@@ -651,6 +806,8 @@ class SiscModel(SiscPreTrainedModel):
         self.text_projection = nn.Linear(text_hidden, config.embed_dim)
         self.itm_head = nn.Linear(config.fusion_encoder_config.hidden_size, 2)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature_init)))
+        # SigLIP's learned bias exists only for that objective (checkpoints of the others stay as they were)
+        self.logit_bias = nn.Parameter(torch.tensor(config.siglip_bias_init)) if config.contrastive_loss == "siglip" else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -781,17 +938,23 @@ class SiscModel(SiscPreTrainedModel):
         ignore_mask: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Weights of the candidates (columns) as negatives of each anchor (row) per config, from the student's
-        cosine similarities and, mixed in by `alpha`, the teacher's; None for InfoNCE without ignored pairs.
+        cosine similarities and, mixed in by `alpha`, the teacher's: SRCL's regulation weights or Soft-InfoNCE's; for
+        the other objectives ones (zero on ignored pairs), or None when no pair is ignored.
 
         `ignore_mask` (anchors x candidates, bool) marks off-diagonal pairs that are not negatives (same image)."""
         config = self.config
         if teacher_cos is not None and alpha is None:
             raise ValueError("teacher similarities were given without alpha: pass alpha (see SiscConfig.alpha_at)")
-        if config.contrastive_loss == "infonce":
+        if config.contrastive_loss not in ("srcl", "soft_infonce"):
             if ignore_mask is None:
                 return None
             return torch.ones_like(cos, dtype=torch.float32).masked_fill(ignore_mask, 0.0)
         similarity = mixed_similarity(cos, teacher_cos, alpha if alpha is not None else 0.0)
+        if config.contrastive_loss == "soft_infonce":
+            return soft_infonce_weights(
+                similarity, alpha=config.soft_infonce_alpha, temperature=config.soft_infonce_temperature,
+                min_weight=config.soft_infonce_min_weight, ignore_mask=ignore_mask,
+            )
         return regulation_weights(
             similarity, ignore_mask=ignore_mask, delta=config.delta, norm=config.weight_norm, threshold=config.removal_threshold
         )
@@ -808,16 +971,40 @@ class SiscModel(SiscPreTrainedModel):
         ignore_i2t: torch.Tensor | None = None,
         targets_t2i: torch.Tensor | None = None,
         targets_i2t: torch.Tensor | None = None,
+        positives_t2i: torch.Tensor | None = None,
     ):
-        """The one place the (regulated) ITC loss is assembled, for in-batch negatives and for a queue of them.
+        """The one place the contrastive loss is assembled, for in-batch negatives and for a queue of them.
 
         `cos_t2i` (texts x candidate images) and `cos_i2t` (images x candidate texts): cosine similarities whose
         column i is row i's positive; `teacher_*` the teacher's cosines in the same layout; `ignore_*` pairs that
-        are not negatives; `targets_*` soft targets (momentum distillation), default the positive alone. The weights
-        come from the detached similarities. Returns (loss, weights_t2i, weights_i2t)."""
+        are not negatives; `targets_*` soft targets (momentum distillation), default the positive alone;
+        `positives_t2i` (square, text x image) extra positives of `"multi_positive"` (and `"siglip"`). The weights
+        come from the detached similarities. Returns (loss, weights_t2i, weights_i2t): the weights each negative got
+        (None where the objective has none: InfoNCE without ignored pairs, SigLIP)."""
+        config = self.config
+        scale = self.logit_scale_value()
+        if config.contrastive_loss == "siglip":
+            loss = sigmoid_pairwise_loss(scale * cos_t2i, self.logit_bias, ignore_mask=ignore_t2i, positive_mask=positives_t2i)
+            return loss, None, None
+        if config.contrastive_loss in ("debiased", "hard_negatives"):
+            beta = config.hard_negative_beta if config.contrastive_loss == "hard_negatives" else 0.0
+            losses, weights = [], []
+            for cos, ignore in ((cos_t2i, ignore_t2i), (cos_i2t, ignore_i2t)):
+                losses.append(debiased_contrastive_loss(
+                    scale * cos, logit_floor=-scale.detach(), prior=config.debiased_prior, beta=beta, ignore_mask=ignore
+                ))
+                weights.append(hard_negative_weights(scale * cos, beta, ignore))
+            return (losses[0] + losses[1]) / 2.0, weights[0], weights[1]
         weights_t2i = self.negative_weights(cos_t2i.detach(), teacher_t2i, alpha, ignore_t2i)
         weights_i2t = self.negative_weights(cos_i2t.detach(), teacher_i2t, alpha, ignore_i2t)
-        scale = self.logit_scale_value()
+        if targets_t2i is None and (positives_t2i is not None or config.label_smoothing):
+            positives_t2i = torch.zeros_like(cos_t2i, dtype=torch.bool) if positives_t2i is None else positives_t2i.bool()
+            targets_t2i = target_distribution(
+                positives_t2i, None if weights_t2i is None else weights_t2i > 0, config.label_smoothing
+            )
+            targets_i2t = target_distribution(
+                positives_t2i.t(), None if weights_i2t is None else weights_i2t > 0, config.label_smoothing
+            )
         loss = (
             anchor_contrastive_loss(scale * cos_t2i, weights_t2i, targets_t2i)
             + anchor_contrastive_loss(scale * cos_i2t, weights_i2t, targets_i2t)
@@ -834,10 +1021,13 @@ class SiscModel(SiscPreTrainedModel):
         teacher_similarity: torch.Tensor | None = None,
         alpha: float | None = None,
         image_ids: torch.Tensor | None = None,
+        caption_ids: torch.Tensor | None = None,
         false_negative_mask: torch.Tensor | None = None,
     ):
         """Regulated ITC over the (global, when distributed) batch. Returns (loss, weights_t2i, weights_i2t).
 
+        `image_ids` (batch,): pairs that share an image are not negatives of each other; for `"multi_positive"` they
+        are extra positives, and so are pairs with equal `caption_ids` (batch,: the same caption text).
         `false_negative_mask` (global text x image, bool): pairs known to match although they are not the pair (the
         ground truth of a synthetic dataset), never used as negatives: the "oracle" upper bound of knowing the
         false negatives, for benchmarks."""
@@ -862,10 +1052,16 @@ class SiscModel(SiscPreTrainedModel):
                     f"for a batch of {image_embeds.shape[0]} pairs"
                 )
             teacher_cos = teacher_text @ teacher_image.t()
-        ignore_mask = None
+        ignore_mask = positives = None
         if image_ids is not None:
             ids = gather(image_ids)
             ignore_mask = same_id_mask(ids, ids)
+        if self.config.contrastive_loss == "multi_positive":
+            # pairs known to match are positives: another caption of the same image, the same caption text
+            positives, ignore_mask = ignore_mask, None
+            if caption_ids is not None:
+                ids = gather(caption_ids)
+                positives = same_id_mask(ids, ids) if positives is None else positives | same_id_mask(ids, ids)
         if false_negative_mask is not None:
             if false_negative_mask.shape != (text_embeds.shape[0], image_embeds.shape[0]):
                 raise ValueError(
@@ -878,7 +1074,7 @@ class SiscModel(SiscPreTrainedModel):
         cos = text_embeds @ image_embeds.t()
         return self.itc_loss(
             cos, cos.t(), teacher_t2i=teacher_cos, teacher_i2t=None if teacher_cos is None else teacher_cos.t(), alpha=alpha,
-            ignore_t2i=ignore_mask, ignore_i2t=None if ignore_mask is None else ignore_mask.t(),
+            ignore_t2i=ignore_mask, ignore_i2t=None if ignore_mask is None else ignore_mask.t(), positives_t2i=positives,
         )
 
     def forward(
@@ -894,6 +1090,7 @@ class SiscModel(SiscPreTrainedModel):
         teacher_similarity: torch.FloatTensor | None = None,
         alpha: float | None = None,
         image_ids: torch.LongTensor | None = None,
+        caption_ids: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
         **kwargs,
@@ -907,6 +1104,7 @@ class SiscModel(SiscPreTrainedModel):
             teacher_similarity: the teacher's (text x image) cosine similarity matrix (global batch when distributed).
             alpha: teacher share of the mixed similarity (required with a teacher; see `SiscConfig.alpha_at`).
             image_ids: (batch,) ids; off-diagonal pairs with the same image id are not used as negatives.
+            caption_ids: (batch,) ids of the caption texts (equal text, equal id): extra positives of `"multi_positive"`.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("SiscModel.forward needs both input_ids and pixel_values (use get_*_features for one)")
@@ -924,6 +1122,7 @@ class SiscModel(SiscPreTrainedModel):
                 teacher_similarity=teacher_similarity,
                 alpha=alpha,
                 image_ids=image_ids,
+                caption_ids=caption_ids,
             )
         output = SiscOutput(
             loss=loss,
@@ -1319,6 +1518,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
         teacher_similarity: torch.FloatTensor | None = None,
         alpha: float | None = None,
         image_ids: torch.LongTensor | None = None,
+        caption_ids: torch.LongTensor | None = None,
         mlm_input_ids: torch.LongTensor | None = None,
         mlm_labels: torch.LongTensor | None = None,
         false_negative_mask: torch.Tensor | None = None,
@@ -1376,6 +1576,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
                 teacher_similarity=teacher_similarity,
                 alpha=alpha,
                 image_ids=image_ids,
+                caption_ids=caption_ids,
                 false_negative_mask=false_negative_mask,
             )
         logits_per_text = sisc.logit_scale_value() * text_embeds @ image_embeds.t()
@@ -1428,6 +1629,11 @@ __all__ = [
     "regulation_weights",
     "regulated_contrastive_loss",
     "anchor_contrastive_loss",
+    "soft_infonce_weights",
+    "hard_negative_weights",
+    "debiased_contrastive_loss",
+    "sigmoid_pairwise_loss",
+    "target_distribution",
     "gather_with_grad",
 ]
 

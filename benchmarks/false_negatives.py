@@ -22,6 +22,16 @@ all relevant items, mAP@R; TR and IR). Objectives:
     albef_md             ALBEF's momentum distillation: momentum encoder, queue, soft targets (InfoNCE weights)
     oracle               InfoNCE that never uses the dataset's true false negatives as negatives (upper bound)
 
+The peers (`--objectives` from PEER_OBJECTIVES, e.g. `--objectives peers`):
+
+    soft_infonce_{teacher,self}     Soft-InfoNCE (Li et al. 2023), weights from the teacher (alpha 1 -> 0) / the model
+    debiased_p{0.02,0.15}           debiased contrastive loss (Chuang et al. 2020), class prior tau+ 0.02 / 0.15
+                                    (about the low / high setting's true false-negative share)
+    hard_negatives       hard-negative weighting (Robinson et al. 2021), beta 1, prior 0: the hardest negatives up
+    siglip               SigLIP's sigmoid loss per pair (Zhai et al. 2023), learned bias from -10
+    multi_positive       pairs with the same caption text (and the same image) as extra positives
+    label_smoothing_0.1  InfoNCE with label smoothing 0.1
+
 Without --warm_start / --teacher they are trained first (about 10 minutes): the warm start with the default
 pretraining recipe for 2 epochs (`train/pretrain.py --num_epochs 2`, InfoNCE), the teacher by training the warm start on for
 `--teacher_steps` more steps with InfoNCE (+ ITM): a better-trained model of the same data, as the paper's teacher
@@ -70,7 +80,20 @@ OBJECTIVES: dict[str, tuple[list[str], str | None]] = {
     "albef_md": (["--loss", "infonce", "--momentum_distillation"], None),
     "oracle": (["--loss", "infonce", "--oracle_false_negatives"], None),
     "srcl_weak_teacher_mean": (["--loss", "srcl", "--weight_norm", "mean"], WEAK_TEACHER),
+    # the peers: other published answers to false negatives (SiscConfig's peer objectives), same warm start and budget
+    "soft_infonce_teacher": (["--loss", "soft_infonce"], TEACHER),
+    "soft_infonce_self": (["--loss", "soft_infonce"], None),
+    "debiased_p0.02": (["--loss", "debiased", "--debiased_prior", "0.02"], None),
+    "debiased_p0.15": (["--loss", "debiased", "--debiased_prior", "0.15"], None),
+    "hard_negatives": (["--loss", "hard_negatives", "--debiased_prior", "0"], None),
+    "siglip": (["--loss", "siglip"], None),
+    "multi_positive": (["--loss", "multi_positive"], None),
+    "label_smoothing_0.1": (["--loss", "infonce", "--label_smoothing", "0.1"], None),
 }
+# the peer comparison (benchmarks/README.md, "SRCL against its peers"): SRCL's main variants beside every peer
+PEER_OBJECTIVES = ["infonce", "srcl_teacher_mean", "srcl_teacher_softmax_d8", "srcl_self_mean", "srcl_self_softmax_d8",
+                   "soft_infonce_teacher", "soft_infonce_self", "debiased_p0.02", "debiased_p0.15", "hard_negatives",
+                   "siglip", "multi_positive", "label_smoothing_0.1", "oracle"]
 LOW_OBJECTIVES = ["infonce", "srcl_teacher_mean", "srcl_teacher_softmax_d4", "srcl_teacher_softmax_d8", "srcl_self_mean",
                   "srcl_self_softmax_d8", "oracle"]
 # t_{0.975, n-1} for 95% intervals over n seeds
@@ -234,8 +257,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=["low", "high"], help="shapes presets")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
-    parser.add_argument("--low_objectives", nargs="+", choices=list(OBJECTIVES), default=LOW_OBJECTIVES,
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=[*OBJECTIVES, "peers"],
+                        help="objectives to train ('peers': the peer comparison's list)")
+    parser.add_argument("--low_objectives", nargs="+", choices=[*OBJECTIVES, "peers"], default=LOW_OBJECTIVES,
                         help="a shorter list for the 'low' setting (the main comparisons)")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps of every student")
     parser.add_argument("--warm_start", default=None, help="checkpoint every student starts from (default: trained)")
@@ -248,6 +272,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--data_cache_dir", default="data_cache/shapes")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "false_negatives"))
     args = parser.parse_args(argv)
+    for name in ("objectives", "low_objectives"):
+        if getattr(args, name) and "peers" in getattr(args, name):
+            setattr(args, name, [*PEER_OBJECTIVES, *[o for o in getattr(args, name) if o not in (*PEER_OBJECTIVES, "peers")]])
     started = time.time()
     start = prepare_start_points(args)
     summaries, teachers, markdown = {}, {}, []

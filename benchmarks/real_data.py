@@ -24,6 +24,12 @@ the same budget and evaluated zero-shot on the held-out test split (concepts nev
     infonce           plain InfoNCE (CLIP / ALBEF ITC), MiniLM text tower
     srcl_random_text  SRCL with the same model but a randomly initialised text tower: what text pretraining buys
 
+`--variants peers` trains InfoNCE, SRCL (mean and softmax delta 8 weights, from the model's own similarities: no
+teacher here) and the peer objectives of `false_negatives.py` (soft_infonce, debiased, hard_negatives, siglip,
+multi_positive, label_smoothing_0.1), each compared with InfoNCE. Here a caption's relevant images are exactly
+those with the same caption text, so multi_positive's extra positives are this data's whole ground truth: it is
+the oracle of this setting.
+
 Relevance: a caption is relevant to every image that has the same caption text ("arrow" fits many icons), so the
 metrics that credit every relevant item apply: R@K-any and mAP@R (`sisc_train.evaluation.retrieval`). R mean (the
 paper's protocol: only a caption's own image counts) is reported too; it is pessimistic here because identical
@@ -47,7 +53,7 @@ import time
 import torch
 from transformers import BertConfig, BertForMaskedLM, ViTConfig, ViTModel
 
-from false_negatives import T_975, mean_std  # the false-negative benchmark's statistics (same folder)
+from false_negatives import T_975, mean_std, plot  # the false-negative benchmark's statistics and plot (same folder)
 from modeling_sisc import SiscForPreTraining
 from processing_sisc import SiscProcessor
 from sisc_train.evaluation.retrieval import load_retrieval_set
@@ -62,9 +68,25 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "srcl": (["--loss", "srcl"], "minilm"),
     "infonce": (["--loss", "infonce"], "minilm"),
     "srcl_random_text": (["--loss", "srcl"], "random"),
+    # SRCL's sharp weights and the peer objectives (benchmarks/false_negatives.py has the same list on shapes)
+    "srcl_softmax_d8": (["--loss", "srcl", "--weight_norm", "softmax", "--delta", "8"], "minilm"),
+    "soft_infonce": (["--loss", "soft_infonce"], "minilm"),
+    "debiased": (["--loss", "debiased"], "minilm"),
+    "hard_negatives": (["--loss", "hard_negatives", "--debiased_prior", "0"], "minilm"),
+    "siglip": (["--loss", "siglip"], "minilm"),
+    "multi_positive": (["--loss", "multi_positive"], "minilm"),
+    "label_smoothing_0.1": (["--loss", "infonce", "--label_smoothing", "0.1"], "minilm"),
 }
-# (variant, baseline): the differences reported, paired by seed
-COMPARISONS = (("srcl", "infonce"), ("srcl", "srcl_random_text"))
+DEFAULT_VARIANTS = ["srcl", "infonce", "srcl_random_text"]
+PEER_VARIANTS = ["infonce", "srcl", "srcl_softmax_d8", "soft_infonce", "debiased", "hard_negatives", "siglip",
+                 "multi_positive", "label_smoothing_0.1"]
+
+
+def comparisons_for(variants) -> list[tuple[str, str]]:
+    """(variant, baseline) pairs reported as seed-paired differences: every objective against InfoNCE, and what the
+    pretrained text tower buys (SRCL against the same model with a random text tower)."""
+    pairs = [(name, "infonce") for name in variants if name not in ("infonce", "srcl_random_text")]
+    return pairs + [("srcl", "srcl_random_text")]
 
 
 def minilm_folder() -> str:
@@ -207,10 +229,11 @@ def paired_difference(values: list[float], baseline: list[float]) -> dict:
     return {"diff": mean, "ci95": [mean - half, mean + half], "diffs": diffs}
 
 
-def summarise(results: dict[str, list[dict]], metrics=METRICS, comparisons=COMPARISONS) -> dict:
+def summarise(results: dict[str, list[dict]], metrics=METRICS, comparisons=None) -> dict:
     """{"variants": {variant: {metric: {mean, sd, values}}, "wall_seconds"}, "comparisons": {"a - b": {metric:
     paired_difference}}} from each variant's per-seed results ({"metrics": {...}}), seeds in the same order."""
     table = {"variants": {}, "comparisons": {}}
+    comparisons = comparisons_for(results) if comparisons is None else comparisons
     for name, runs in results.items():
         row = {}
         for metric in metrics:
@@ -257,7 +280,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="data_cache/tabler_dataset", help="tools/prepare_tabler.py's output")
     parser.add_argument("--text_model", default=None, help="BERT-family folder (default: the installed MiniLM)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=[*VARIANTS, "peers"],
+                        help="variants to train ('peers': InfoNCE, SRCL and the peer objectives)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--image_size", type=int, default=64, help="must match the prepared images' size")
     parser.add_argument("--num_text_layers", type=int, default=6,
@@ -283,6 +307,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dataset):
         raise SystemExit(f"no dataset folder {args.dataset!r}: run tools/prepare_tabler.py first (see --help)")
+    if "peers" in args.variants:
+        args.variants = [*PEER_VARIANTS, *[v for v in args.variants if v not in (*PEER_VARIANTS, "peers")]]
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     started = time.time()
@@ -299,7 +325,9 @@ def main(argv=None) -> dict:
         handle.write(report)
     with open(os.path.join(args.out, "summary.json"), "w") as handle:
         json.dump({"arguments": vars(args), "recipe": recipe(args), "summary": table}, handle, indent=2)
-    print(f"written: {args.out}/summary.md, summary.json ({time.time() - started:.0f} s)")
+    plot({"real": {name: {m: {"mean": row[m]["mean"], "std": row[m]["sd"]} for m in METRICS}
+                   for name, row in table["variants"].items()}}, os.path.join(args.out, "summary.png"))
+    print(f"written: {args.out}/summary.md, summary.json, summary.png ({time.time() - started:.0f} s)")
     return table
 
 

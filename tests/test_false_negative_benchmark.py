@@ -42,3 +42,41 @@ def test_toy_benchmark_runs_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     false_negatives.main(args)  # finished runs are reused, not trained again
     assert "finished" not in capsys.readouterr().out
+
+
+def test_peer_objectives_are_trainer_flags_and_the_peers_list_expands(tmp_path):
+    """Every peer objective's flags parse into a config the model accepts; '--objectives peers' expands."""
+    from sisc_train.loop.arguments import parse_args
+    from sisc_train.tasks.pretraining import DataArguments, ModelArguments, PretrainingArguments, build_model
+
+    start = str(save_tiny_checkpoint(tmp_path / "start"))
+    for name in false_negatives.PEER_OBJECTIVES:
+        flags, _ = false_negatives.OBJECTIVES[name]
+        model_args, _, _ = parse_args((ModelArguments, DataArguments, PretrainingArguments),
+                                      [*flags, "--model_name_or_path", start])
+        if model_args.oracle_false_negatives:
+            continue
+        config = build_model(model_args, None, total_steps=10).config
+        assert config.contrastive_loss == model_args.loss
+    assert set(false_negatives.PEER_OBJECTIVES) <= set(false_negatives.OBJECTIVES)
+
+
+def test_ir_diagnostic_counts_false_negatives_per_direction_and_fits_probes():
+    import numpy as np
+    import torch
+
+    import ir_diagnostic
+
+    # captions 0 and 1 are true of images 0, 1 and 2; caption 2 only of its own image; rows 0 and 3 share an image
+    relevance = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 0], [1, 0, 0, 1]], dtype=bool)
+    stats = ir_diagnostic.direction_false_negatives(relevance, np.array([5, 6, 7, 5]))
+    # other-image hits: caption 0 -> images 1, 2; caption 1 -> 0, 2, 3; caption 2 -> none; caption 3 -> none (0 is its image)
+    assert stats["caption_anchor_mean"] == pytest.approx(5 / 4) and stats["caption_anchor_share_with_any"] == 0.5
+    # seen from the images: image 0 <- caption 1; 1 <- 0; 2 <- 0, 1; 3 <- 1
+    assert stats["image_anchor_mean"] == pytest.approx(5 / 4) and stats["image_anchor_share_with_any"] == 1.0
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 8, generator=g)
+    labels = torch.stack([features[:, 0] > 0, features[:, 1] + features[:, 2] > 0.5])
+    weight, bias = ir_diagnostic.fit_probes(features, labels, steps=200)
+    accuracy = ((weight @ features.t() + bias[:, None] > 0) == labels).float().mean()
+    assert accuracy > 0.95

@@ -29,6 +29,7 @@ read of the training rows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -334,6 +335,13 @@ def _failure_message(value, error: Exception) -> str:
     return f"{_image_name(value)}: {error}"
 
 
+def caption_id(caption: str) -> int:
+    """A stable 63-bit id of a caption's text, case and spacing ignored: equal texts get equal ids in every process
+    (the multi-positive objective's "captions known to match")."""
+    digest = hashlib.blake2b(" ".join(caption.lower().split()).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 class PairCollator:
     """Decodes and processes a list of rows into a model batch, skipping unreadable images and empty captions.
 
@@ -341,6 +349,7 @@ class PairCollator:
     never a negative of its original): every process keeps the same batch size, which the global-batch contrastive
     loss needs. `num_seen` / `num_skipped` / `skip_reasons` ({reason: count}) / `skip_examples` ({reason: the first few
     messages, naming the file}) report what happened.
+    `caption_ids` identify equal caption texts (`caption_id`).
     Extra numeric columns listed in `passthrough` (e.g. cached teacher embeddings) are stacked into tensors.
     `relevance_fn(rows) -> bool array (captions x images)`, when the data knows its ground truth, adds the batch's
     `relevance` matrix for the false-negative diagnostics.
@@ -380,6 +389,7 @@ class PairCollator:
         batch = dict(batch)
         batch.pop("token_type_ids", None)
         batch["image_ids"] = torch.tensor([int(kept[i]["image_id"]) for i in order], dtype=torch.long)
+        batch["caption_ids"] = torch.tensor([caption_id(kept[i]["caption"]) for i in order], dtype=torch.long)
         for name in self.passthrough:
             batch[name] = torch.tensor([kept[i][name] for i in order], dtype=torch.float32)
         if self.relevance_fn is not None:

@@ -147,6 +147,22 @@ def _architecture_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+PEER_OBJECTIVES = {
+    "soft_infonce": "Soft-InfoNCE, Li et al. 2023: negatives weighted by a clipped linear function of their similarity",
+    "debiased": "the debiased contrastive loss, Chuang et al. 2020",
+    "hard_negatives": "hard-negative weighting, Robinson et al. 2021",
+    "siglip": "SigLIP's sigmoid loss per pair, Zhai et al. 2023",
+    "multi_positive": "InfoNCE with every pair known to match (same image or same caption) as a positive",
+}
+PEER_OBJECTIVE_KNOBS = {
+    "soft_infonce": ("soft_infonce_alpha", "soft_infonce_temperature", "soft_infonce_min_weight"),
+    "debiased": ("debiased_prior",),
+    "hard_negatives": ("hard_negative_beta", "debiased_prior"),
+    "siglip": (),
+    "multi_positive": ("label_smoothing",),
+}
+
+
 def _loss_rows(config: Mapping[str, Any], teacher: str | None) -> tuple[str, list[tuple[str, str]], str]:
     """(contrastive loss label, settings table rows, note) from the SiscConfig fields."""
     missing = "not recorded"
@@ -158,6 +174,7 @@ def _loss_rows(config: Mapping[str, Any], teacher: str | None) -> tuple[str, lis
     label = {
         "srcl": "SRCL, the similarity-regulated contrastive loss",
         "infonce": "plain InfoNCE contrastive loss (the SRCL regulation switched off, as a baseline or teacher)",
+        **PEER_OBJECTIVES,
     }.get(loss, f"the contrastive loss {loss!r}" if loss else "a contrastive loss (not recorded)")
     norm = config.get("weight_norm")
     norm_text = {
@@ -205,6 +222,13 @@ def _loss_rows(config: Mapping[str, Any], teacher: str | None) -> tuple[str, lis
         note = (
             "This model was trained with plain InfoNCE: every negative has weight 1, so the regulation settings "
             "below are recorded in its config but were not used."
+        )
+    elif loss in PEER_OBJECTIVES:
+        knobs = ", ".join(f"`{key}` = {_format_value(get(key))}" for key in PEER_OBJECTIVE_KNOBS[loss])
+        note = (
+            f"This model was trained with a peer objective of the false-negative benchmark ({PEER_OBJECTIVES[loss]}"
+            + (f"; {knobs}" if knobs else "")
+            + "), not SRCL: the regulation settings below are recorded in its config but were not used."
         )
     elif loss == "srcl":
         note = (

@@ -86,7 +86,11 @@ class ModelArguments:
         default=None,
         metadata={"help": "Start from this SISC checkpoint; default: a new model (--model_config, encoder flags)."},
     )
-    loss: str = field(default="srcl", metadata={"help": "Contrastive loss: 'srcl' (regulated) or 'infonce'."})
+    loss: str = field(
+        default="srcl",
+        metadata={"help": "Contrastive loss: 'srcl' (regulated), 'infonce', or a peer objective: 'soft_infonce', 'debiased', "
+                          "'hard_negatives', 'siglip', 'multi_positive' (see SiscConfig and benchmarks/README.md)."},
+    )
     weight_norm: str = field(default="mean", metadata={"help": "Weight normalisation: 'mean' or 'softmax'."})
     delta: float = field(
         default=8.0, metadata={"help": "Scaling factor delta of w = Norm(delta / s); a sharpness with --weight_norm softmax."}
@@ -98,6 +102,21 @@ class ModelArguments:
     alpha_end: float = field(default=0.0, metadata={"help": "Teacher share at the end of the alpha schedule."})
     alpha_steps: int | None = field(default=None, metadata={"help": "Length of the alpha schedule (default: all steps)."})
     alpha_schedule: str = field(default="linear", metadata={"help": "'linear', 'cosine' or 'constant'."})
+    label_smoothing: float | None = field(
+        default=None, metadata={"help": "Target mass spread over all candidates (softmax objectives; default: the config's)."}
+    )
+    soft_infonce_alpha: float | None = field(
+        default=None, metadata={"help": "Soft-InfoNCE's alpha / beta: how strongly likely matches lose weight (default: the config's)."}
+    )
+    soft_infonce_temperature: float | None = field(
+        default=None, metadata={"help": "Temperature of Soft-InfoNCE's similarity softmax (default: the config's)."}
+    )
+    debiased_prior: float | None = field(
+        default=None, metadata={"help": "Class prior tau+ of 'debiased' / 'hard_negatives' (default: the config's)."}
+    )
+    hard_negative_beta: float | None = field(
+        default=None, metadata={"help": "Concentration beta of 'hard_negatives' (default: the config's)."}
+    )
     teacher: str | None = field(default=None, metadata={"help": "Frozen teacher checkpoint (a SISC model)."})
     teacher_cache: str | None = field(
         default=None, metadata={"help": "Precomputed teacher embeddings (train/cache_teacher.py) instead of running it."}
@@ -193,6 +212,9 @@ MODEL_SETTINGS = (
     "alpha_steps", "alpha_schedule", "teacher", "teacher_cache", "mlm_loss_weight", "itm_loss_weight",
     "momentum_distillation", "oracle_false_negatives",
 )
+# the peer objectives' knobs: recorded for a resume only when given (runs from before they existed still resume)
+PEER_OBJECTIVE_SETTINGS = ("label_smoothing", "soft_infonce_alpha", "soft_infonce_temperature", "debiased_prior",
+                           "hard_negative_beta")
 DATA_SETTINGS = ("dataset", "dataset_config", "data_format", "train_split", "shapes_preset", "shapes_num_train", "image_column",
                  "caption_column", "streaming")
 
@@ -209,7 +231,7 @@ def build_model(model_args: ModelArguments, processor, total_steps: int,
         alpha_steps=model_args.alpha_steps if model_args.alpha_steps is not None else total_steps,
         alpha_schedule=model_args.alpha_schedule,
     )
-    for name in ("mlm_loss_weight", "itm_loss_weight", "itm_random_negatives"):
+    for name in ("mlm_loss_weight", "itm_loss_weight", "itm_random_negatives", *PEER_OBJECTIVE_SETTINGS):
         if getattr(model_args, name) is not None:
             regulation[name] = getattr(model_args, name)
     if model_args.momentum_distillation:
@@ -414,8 +436,9 @@ class PretrainingTask(Task):
         new_model = {} if self.model_args.model_name_or_path else {name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
         # flags added later are recorded only when used, so that checkpoints written before they existed resume
         later = {"freeze_text_tower": True} if self.model_args.freeze_text_tower else {}
-        if self.model_args.itm_random_negatives is not None:
-            later["itm_random_negatives"] = self.model_args.itm_random_negatives
+        for name in ("itm_random_negatives", *PEER_OBJECTIVE_SETTINGS):
+            if getattr(self.model_args, name) is not None:
+                later[name] = getattr(self.model_args, name)
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **later,
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
@@ -470,6 +493,7 @@ class PretrainingTask(Task):
             pixel_values=batch["pixel_values"],
             attention_mask=batch["attention_mask"],
             image_ids=batch["image_ids"],
+            caption_ids=batch.get("caption_ids"),
             **extra,
         )
 
