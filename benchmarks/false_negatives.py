@@ -24,10 +24,11 @@ all relevant items, mAP@R; TR and IR). Objectives:
 
 The peers (`--objectives` from PEER_OBJECTIVES, e.g. `--objectives peers`):
 
-    soft_infonce_{teacher,self}     Soft-InfoNCE (Li et al. 2023), weights from the teacher (alpha 1 -> 0) / the model
+    soft_infonce_{teacher,self}     Soft-InfoNCE (Li et al. 2023) with alpha 8, weights from the teacher (mixed in
+                                    1 -> 0, as for SRCL) / from the model itself
     debiased_p{0.02,0.15}           debiased contrastive loss (Chuang et al. 2020), class prior tau+ 0.02 / 0.15
                                     (about the low / high setting's true false-negative share)
-    hard_negatives       hard-negative weighting (Robinson et al. 2021), beta 1, prior 0: the hardest negatives up
+    hard_negatives       hard-negative weighting (Robinson et al. 2021), beta 0.3, prior 0: the hardest negatives up
     siglip               SigLIP's sigmoid loss per pair (Zhai et al. 2023), learned bias from -10
     multi_positive       pairs with the same caption text (and the same image) as extra positives
     label_smoothing_0.1  InfoNCE with label smoothing 0.1
@@ -81,11 +82,14 @@ OBJECTIVES: dict[str, tuple[list[str], str | None]] = {
     "oracle": (["--loss", "infonce", "--oracle_false_negatives"], None),
     "srcl_weak_teacher_mean": (["--loss", "srcl", "--weight_norm", "mean"], WEAK_TEACHER),
     # the peers: other published answers to false negatives (SiscConfig's peer objectives), same warm start and budget
-    "soft_infonce_teacher": (["--loss", "soft_infonce"], TEACHER),
-    "soft_infonce_self": (["--loss", "soft_infonce"], None),
+    # alpha 8 of at most K = 63: a negative with 10% of the similarity softmax keeps 0.23 of a weight (alpha 1: 0.92)
+    "soft_infonce_teacher": (["--loss", "soft_infonce", "--soft_infonce_alpha", "8"], TEACHER),
+    "soft_infonce_self": (["--loss", "soft_infonce", "--soft_infonce_alpha", "8"], None),
     "debiased_p0.02": (["--loss", "debiased", "--debiased_prior", "0.02"], None),
     "debiased_p0.15": (["--loss", "debiased", "--debiased_prior", "0.15"], None),
-    "hard_negatives": (["--loss", "hard_negatives", "--debiased_prior", "0"], None),
+    # beta on the logits (cos / 0.072 for the warm start): 0.3 gives exp(4.2 cos), about as steep as SRCL's softmax
+    # delta 8 weights (8 / exp(cos) falls by 3-8 per unit of cos) but up instead of down; prior 0: weighting alone
+    "hard_negatives": (["--loss", "hard_negatives", "--debiased_prior", "0", "--hard_negative_beta", "0.3"], None),
     "siglip": (["--loss", "siglip"], None),
     "multi_positive": (["--loss", "multi_positive"], None),
     "label_smoothing_0.1": (["--loss", "infonce", "--label_smoothing", "0.1"], None),

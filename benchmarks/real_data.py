@@ -72,7 +72,7 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "srcl_softmax_d8": (["--loss", "srcl", "--weight_norm", "softmax", "--delta", "8"], "minilm"),
     "soft_infonce": (["--loss", "soft_infonce"], "minilm"),
     "debiased": (["--loss", "debiased"], "minilm"),
-    "hard_negatives": (["--loss", "hard_negatives", "--debiased_prior", "0"], "minilm"),
+    "hard_negatives": (["--loss", "hard_negatives", "--debiased_prior", "0", "--hard_negative_beta", "0.3"], "minilm"),
     "siglip": (["--loss", "siglip"], "minilm"),
     "multi_positive": (["--loss", "multi_positive"], "minilm"),
     "label_smoothing_0.1": (["--loss", "infonce", "--label_smoothing", "0.1"], "minilm"),

@@ -210,6 +210,20 @@ def test_infonce_model_without_teacher_and_tolerated_missing_keys(tmp_path):
     compile(usage_snippet(bare.text), "usage_snippet", "exec")
 
 
+def test_peer_objective_is_named_with_its_knobs(tmp_path):
+    card = render_model_card(
+        tmp_path / "peer",
+        model_config=small_config(contrastive_loss="hard_negatives", hard_negative_beta=0.5, debiased_prior=0.0),
+        metrics={},
+        dataset_name=None,
+        dataset_description="pairs",
+        num_train_pairs=10,
+        hyperparameters={},
+    )
+    assert "hard-negative weighting, Robinson et al. 2021" in card.text
+    assert "`hard_negative_beta` = 0.5" in card.text and "were not used" in card.text
+
+
 def test_base_model_goes_to_metadata_only_when_it_is_a_hub_id(tmp_path):
     local = tmp_path / "init"
     local.mkdir()

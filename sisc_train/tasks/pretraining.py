@@ -508,6 +508,7 @@ class PretrainingTask(Task):
         return {
             "alpha": self.config.alpha_at(step - 1) if uses_teacher else 0.0,
             "temperature": 1.0 / sisc.logit_scale_value().item(),
+            **({"logit_bias": sisc.logit_bias.item()} if sisc.logit_bias is not None else {}),  # SigLIP's
             **regulation_diagnostics(
                 local_block(outputs.weights_t2i, len(batch["input_ids"])), batch.get("relevance"), batch["image_ids"]
             ),
