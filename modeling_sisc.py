@@ -111,6 +111,14 @@ def _negatives_mask(shape: torch.Size, device: torch.device, ignore_mask: torch.
     return negatives
 
 
+def _softmax_over_negatives(scores: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Row-wise softmax of `scores` over each row's negatives (bool mask); 0 elsewhere, and a row without negatives
+    (all -inf) gives zeros instead of NaNs."""
+    scores = torch.where(negatives, scores, torch.full_like(scores, float("-inf")))
+    scores = torch.where(negatives.any(dim=1, keepdim=True), scores, torch.zeros_like(scores))
+    return torch.where(negatives, torch.softmax(scores, dim=1), torch.zeros_like(scores))
+
+
 @torch.no_grad()
 def regulation_weights(
     similarity: torch.Tensor,
@@ -148,10 +156,7 @@ def regulation_weights(
         row_mean = inverse.sum(dim=1, keepdim=True) / num_negatives.clamp(min=1)
         weights = inverse / row_mean.clamp(min=torch.finfo(s.dtype).tiny)
     else:
-        scores = torch.where(negatives, delta / s, torch.full_like(s, float("-inf")))
-        # A row without negatives would be all -inf; its (absent) negatives get no weight.
-        scores = torch.where(num_negatives > 0, scores, torch.zeros_like(s))
-        weights = torch.softmax(scores, dim=1) * num_negatives
+        weights = _softmax_over_negatives(delta / s, negatives) * num_negatives
     if threshold is not None:
         weights = (weights >= threshold).float()
     weights = torch.where(negatives, weights, torch.zeros_like(weights))
@@ -227,9 +232,7 @@ def soft_infonce_weights(
     if bool(((count > 0) & (alpha >= count)).any()):
         raise ValueError(f"soft_infonce_alpha ({alpha}) must be smaller than every anchor's number of negatives "
                          f"(smallest: {int(count[count > 0].min())}): the weights' normaliser 1 - alpha / K must stay > 0")
-    scores = torch.where(negatives, s.log() / temperature, torch.full_like(s, float("-inf")))
-    scores = torch.where(count > 0, scores, torch.zeros_like(s))  # a row without negatives: no NaNs
-    q = torch.softmax(scores, dim=1)
+    q = _softmax_over_negatives(s.log() / temperature, negatives)
     weights = ((1.0 - alpha * q) / (1.0 - alpha / count.clamp(min=1))).clamp(min=min_weight)
     weights = torch.where(negatives, weights, torch.zeros_like(weights))
     rows = torch.arange(s.shape[0], device=s.device)
@@ -245,9 +248,7 @@ def hard_negative_weights(logits: torch.Tensor, beta: float, ignore_mask: torch.
     logits = logits.detach().float()
     negatives = _negatives_mask(logits.shape, logits.device, ignore_mask)
     count = negatives.sum(dim=1, keepdim=True)
-    scores = torch.where(negatives, beta * logits, torch.full_like(logits, float("-inf")))
-    scores = torch.where(count > 0, scores, torch.zeros_like(logits))
-    weights = torch.where(negatives, torch.softmax(scores, dim=1) * count, torch.zeros_like(logits))
+    weights = _softmax_over_negatives(beta * logits, negatives) * count
     rows = torch.arange(logits.shape[0], device=logits.device)
     weights[rows, rows] = 1.0
     return weights
@@ -260,6 +261,7 @@ def debiased_contrastive_loss(
     prior: float = 0.0,
     beta: float = 0.0,
     ignore_mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One direction of the debiased contrastive loss (Chuang et al., NeurIPS 2020) and of its hard-negative variant
     (Robinson et al., ICLR 2021), averaged over anchors; rows are anchors, column i the positive of row i.
@@ -273,6 +275,7 @@ def debiased_contrastive_loss(
     The positive's exp(l_ii) estimates how much of the negatives' mass is false negatives and removes it; the floor is
     the papers' e^(-1/t), the smallest value a negative's term can take (pass -1 / temperature for cosine logits).
     prior = beta = 0 is InfoNCE. The weights are detached (a sampling distribution); Ng carries the gradient.
+    `weights`: `hard_negative_weights(logits, beta, ignore_mask)` when the caller already has them.
     Computed in log space in float32.
     """
     _check_matrix("logits", logits)
@@ -282,7 +285,8 @@ def debiased_contrastive_loss(
     rows = torch.arange(logits.shape[0], device=logits.device)
     negatives = _negatives_mask(logits.shape, logits.device, ignore_mask)
     count = negatives.sum(dim=1).float()
-    weights = hard_negative_weights(logits, beta, ignore_mask)
+    if weights is None:
+        weights = hard_negative_weights(logits, beta, ignore_mask)
     # log(mean_j w_ij exp(l_ij)) over the negatives
     weighted = torch.where(negatives, logits + weights.clamp(min=torch.finfo(torch.float32).tiny).log(),
                            torch.full_like(logits, float("-inf")))
@@ -990,10 +994,11 @@ class SiscModel(SiscPreTrainedModel):
             beta = config.hard_negative_beta if config.contrastive_loss == "hard_negatives" else 0.0
             losses, weights = [], []
             for cos, ignore in ((cos_t2i, ignore_t2i), (cos_i2t, ignore_i2t)):
-                losses.append(debiased_contrastive_loss(
-                    scale * cos, logit_floor=-scale.detach(), prior=config.debiased_prior, beta=beta, ignore_mask=ignore
-                ))
                 weights.append(hard_negative_weights(scale * cos, beta, ignore))
+                losses.append(debiased_contrastive_loss(
+                    scale * cos, logit_floor=-scale.detach(), prior=config.debiased_prior, ignore_mask=ignore,
+                    weights=weights[-1],
+                ))
             return (losses[0] + losses[1]) / 2.0, weights[0], weights[1]
         weights_t2i = self.negative_weights(cos_t2i.detach(), teacher_t2i, alpha, ignore_t2i)
         weights_i2t = self.negative_weights(cos_i2t.detach(), teacher_i2t, alpha, ignore_i2t)
