@@ -24,6 +24,10 @@ VISION_MODEL_TYPES = ("vit", "deit", "clip_vision_model", "siglip_vision_model")
 # Dual encoders whose vision tower can be taken (their `vision_config`).
 DUAL_ENCODER_TYPES = ("clip", "siglip")
 VQA_HEADS = ("generate", "classify")
+# How the image tower's states become the image's summary vector (the contrastive embedding's input).
+IMAGE_POOLINGS = ("cls", "max")
+# Vision towers whose patch projection a convolutional stem can replace (`vision_conv_stem`).
+CONV_STEM_MODEL_TYPES = ("vit", "deit")
 # Sizes of each sub-config that must be positive integers (zero or negative ones fail deep inside torch otherwise).
 _ENCODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 SUB_CONFIG_SIZES = {
@@ -46,6 +50,17 @@ class SiscConfig(PreTrainedConfig):
             encoder's. (Not called `fusion_config`: transformers reserves that name for kernel fusion.)
         embed_dim (`int`, defaults to 256):
             Size of the shared, L2-normalised image/text embedding space.
+        vision_conv_stem (`list[int]`, *optional*):
+            Channels of a convolutional stem that replaces the ViT's patch projection (a "hybrid" ViT, as in the ViT
+            paper and Xiao et al. 2021, "Early convolutions help transformers see better"): one 3x3 convolution +
+            ReLU + 2x2 max-pooling stage per entry, then a 1x1 convolution to the tower's width. Needs
+            `vision_config.patch_size == 2 ** len(vision_conv_stem)` (one token per patch, as before) and a ViT /
+            DeiT tower trained from scratch. `None` (default): the plain linear patch projection.
+        image_pooling (`str`, defaults to `"cls"`):
+            The image's summary vector, from which the contrastive embedding is projected: `"cls"` = the [CLS] state
+            (ALBEF; the pooler output where the tower has one), `"max"` = the maximum of each feature over the patch
+            states (a presence detector: "is there a star anywhere", which a [CLS] average of one to three objects of
+            different sizes dilutes; the small model's default, see `benchmarks/README.md`).
         temperature_init (`float`, defaults to 0.07):
             Initial contrastive temperature; it is learned and kept within [0.001, 0.5] (as ALBEF does).
         contrastive_loss (`str`, defaults to `"srcl"`):
@@ -93,7 +108,15 @@ class SiscConfig(PreTrainedConfig):
         itm_random_negatives (`float`, defaults to 0.0):
             Share of the ITM negatives drawn uniformly from the batch's negatives instead of in proportion to the
             contrastive similarity (0 = ALBEF's hard negatives only): each negative comes from the mixture
-            `(1 - share) * softmax(similarity) + share * uniform`.
+            `(1 - share) * softmax(similarity) + share * uniform`. With `itm_random_negatives_end` it is the share at
+            the first step of a curriculum.
+        itm_random_negatives_end (`float`, *optional*):
+            An easy-to-hard curriculum for ITM: the share of uniformly drawn negatives moves linearly from
+            `itm_random_negatives` to this value over `itm_curriculum_steps` steps (e.g. 1 -> 0: random negatives,
+            which differ in colours, teach the fusion encoder to ground words first; ITC-hard ones, which differ in
+            shapes, follow). `None` (default): the share stays `itm_random_negatives`.
+        itm_curriculum_steps (`int`, defaults to 10000):
+            Length of that curriculum in optimisation steps (the trainer sets it to the run's length).
         gather_distributed (`bool`, defaults to `True`):
             Under `torch.distributed`, gather image and text embeddings of all processes (with gradients) so that
             each anchor's negatives, and the regulation weights, cover the global batch.
@@ -136,6 +159,8 @@ class SiscConfig(PreTrainedConfig):
     text_config: dict | BertConfig | None = None
     fusion_encoder_config: dict | BertConfig | None = None
     embed_dim: int = 256
+    vision_conv_stem: list[int] | None = None
+    image_pooling: str = "cls"
     temperature_init: float = 0.07
     contrastive_loss: str = "srcl"
     weight_norm: str = "mean"
@@ -157,6 +182,8 @@ class SiscConfig(PreTrainedConfig):
     mlm_loss_weight: float = 1.0
     mlm_probability: float = 0.15
     itm_random_negatives: float = 0.0
+    itm_random_negatives_end: float | None = None
+    itm_curriculum_steps: int = 10000
     gather_distributed: bool = True
     use_momentum_distillation: bool = False
     momentum: float = 0.995
@@ -216,6 +243,7 @@ class SiscConfig(PreTrainedConfig):
             )
         if not isinstance(self.embed_dim, int) or self.embed_dim <= 0:
             fail("embed_dim", f"must be a positive integer, got {self.embed_dim!r}")
+        self.validate_image_tower()
         if not 0.001 <= self.temperature_init <= 0.5:
             fail("temperature_init", f"must lie in [0.001, 0.5], got {self.temperature_init!r}")
         if self.contrastive_loss not in CONTRASTIVE_LOSSES:
@@ -253,7 +281,33 @@ class SiscConfig(PreTrainedConfig):
             fail("mlm_probability", f"must lie in (0, 1), got {self.mlm_probability!r}")
         if not 0.0 <= self.itm_random_negatives <= 1.0:
             fail("itm_random_negatives", f"must lie in [0, 1], got {self.itm_random_negatives!r}")
+        if self.itm_random_negatives_end is not None and not 0.0 <= self.itm_random_negatives_end <= 1.0:
+            fail("itm_random_negatives_end", f"must be None or lie in [0, 1], got {self.itm_random_negatives_end!r}")
+        if isinstance(self.itm_curriculum_steps, bool) or not isinstance(self.itm_curriculum_steps, int) or self.itm_curriculum_steps < 0:
+            fail("itm_curriculum_steps", f"must be a non-negative integer, got {self.itm_curriculum_steps!r}")
         self.validate_task_settings()
+
+    def validate_image_tower(self):
+        """Checks of the convolutional stem and the image pooling."""
+        def fail(field, message):
+            raise ValueError(f"SiscConfig.{field} {message}")
+
+        if self.image_pooling not in IMAGE_POOLINGS:
+            fail("image_pooling", f"must be one of {IMAGE_POOLINGS}, got {self.image_pooling!r}")
+        stem = self.vision_conv_stem
+        if stem is None:
+            return
+        if isinstance(stem, (str, bytes)) or not isinstance(stem, (list, tuple)) or not stem or any(
+            isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in stem
+        ):
+            fail("vision_conv_stem", f"must be None or a non-empty list of positive channel counts, got {stem!r}")
+        self.vision_conv_stem = list(stem)
+        model_type = self.vision_config.model_type
+        if model_type not in CONV_STEM_MODEL_TYPES:
+            fail("vision_conv_stem", f"replaces the patch projection of {CONV_STEM_MODEL_TYPES} towers, not {model_type!r}")
+        if self.vision_config.patch_size != 2 ** len(stem):
+            fail("vision_conv_stem", f"has {len(stem)} stride-2 stages, so vision_config.patch_size must be "
+                                     f"{2 ** len(stem)}, got {self.vision_config.patch_size}")
 
     def validate_peer_objectives(self):
         """Checks of the peer objectives' knobs (label smoothing, Soft-InfoNCE, debiased / hard negatives, SigLIP)."""
@@ -321,6 +375,13 @@ class SiscConfig(PreTrainedConfig):
             progress = 0.5 * (1.0 - math.cos(math.pi * progress))
         return float(self.alpha_start + (self.alpha_end - self.alpha_start) * progress)
 
+    def itm_random_share_at(self, step: int) -> float:
+        """Share of uniformly drawn ITM negatives at optimisation step `step` (0-based; see itm_random_negatives_end)."""
+        if self.itm_random_negatives_end is None:
+            return float(self.itm_random_negatives)
+        progress = min(max(step, 0) / self.itm_curriculum_steps, 1.0) if self.itm_curriculum_steps else 1.0
+        return float(self.itm_random_negatives + (self.itm_random_negatives_end - self.itm_random_negatives) * progress)
+
     @classmethod
     def base(cls, vocab_size: int = 30522, image_size: int = 256, **kwargs) -> "SiscConfig":
         """The paper's (ALBEF's) model: a ViT-B/16 image encoder at 256 px, 6 + 6 BERT-base layers (hidden 768,
@@ -385,4 +446,4 @@ class SiscConfig(PreTrainedConfig):
 
 SiscConfig.register_for_auto_class()
 
-__all__ = ["SiscConfig", "VISION_MODEL_TYPES", "DUAL_ENCODER_TYPES"]
+__all__ = ["SiscConfig", "VISION_MODEL_TYPES", "DUAL_ENCODER_TYPES", "IMAGE_POOLINGS"]

@@ -537,27 +537,60 @@ class SiscFusionEncoder(nn.Module):
         return hidden_states
 
 
-def image_summary(vision_outputs) -> torch.Tensor:
-    """The image's summary vector: the pooler output where the tower has one (CLIP: its post-layernormed [CLS];
-    SigLIP, which has no [CLS] token: its pretrained attention-pooling head), else the last [CLS] state (ViT and
-    DeiT are built without their pooler, a layer most checkpoints leave untrained; their last state is layer-normed).
+# Tokens before the patch states in each tower's output ([CLS]; DeiT adds a distillation token; SigLIP has none).
+_PREFIX_TOKENS = {"vit": 1, "deit": 2, "clip_vision_model": 1, "siglip_vision_model": 0}
+
+
+def image_summary(vision_outputs, pooling: str = "cls", model_type: str = "vit") -> torch.Tensor:
+    """The image's summary vector. `pooling="cls"`: the pooler output where the tower has one (CLIP: its
+    post-layernormed [CLS]; SigLIP, which has no [CLS] token: its pretrained attention-pooling head), else the last
+    [CLS] state (ViT and DeiT are built without their pooler, a layer most checkpoints leave untrained; their last
+    state is layer-normed). `pooling="max"`: the maximum of each feature over the last patch states.
     """
+    if pooling == "max":
+        return vision_outputs.last_hidden_state[:, _PREFIX_TOKENS[model_type]:].amax(dim=1)
     if vision_outputs.pooler_output is not None:
         return vision_outputs.pooler_output
     return vision_outputs.last_hidden_state[:, 0]
+
+
+class ConvPatchStem(nn.Sequential):
+    """A convolutional stem in place of a ViT's linear patch projection (`SiscConfig.vision_conv_stem`): per entry of
+    `channels` a 3x3 convolution, ReLU and 2x2 max-pooling, then a 1x1 convolution to the tower's width. Like the
+    projection it maps (batch, 3, H, W) to (batch, hidden, H / patch, W / patch), one token per patch; unlike it,
+    the features of a patch do not depend on where inside the patch an edge falls, which is what lets a small ViT
+    trained from scratch tell shapes apart (`benchmarks/shape_learnability.py`)."""
+
+    def __init__(self, num_channels: int, channels: list[int], hidden_size: int):
+        layers, previous = [], num_channels
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            previous = width
+        super().__init__(*layers, nn.Conv2d(previous, hidden_size, 1))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        # ViTModel reads its patch projection's weight for the input dtype.
+        return self[-1].weight
 
 
 # Constructor arguments of the vision towers: no pooler for ViT / DeiT (see image_summary).
 _VISION_TOWER_KWARGS = {"vit": {"add_pooling_layer": False}, "deit": {"add_pooling_layer": False}}
 
 
-def _build_vision_model(vision_config) -> nn.Module:
+def _build_vision_model(vision_config, conv_stem: list[int] | None = None) -> nn.Module:
     # ViT and CLIP are built by their classes as before, so that old checkpoints keep their parameter names.
     if vision_config.model_type == "vit":
-        return ViTModel(vision_config, add_pooling_layer=False)
-    if vision_config.model_type == "clip_vision_model":
-        return CLIPVisionModel(vision_config)
-    return AutoModel.from_config(vision_config, **_VISION_TOWER_KWARGS.get(vision_config.model_type, {}))
+        tower = ViTModel(vision_config, add_pooling_layer=False)
+    elif vision_config.model_type == "clip_vision_model":
+        tower = CLIPVisionModel(vision_config)
+    else:
+        tower = AutoModel.from_config(vision_config, **_VISION_TOWER_KWARGS.get(vision_config.model_type, {}))
+    if conv_stem:  # checked by SiscConfig: a ViT / DeiT with patch_size 2 ** len(conv_stem)
+        tower.embeddings.patch_embeddings.projection = ConvPatchStem(
+            vision_config.num_channels, conv_stem, vision_config.hidden_size
+        )
+    return tower
 
 
 def vision_encoder_config(vision_model_name_or_path):
@@ -617,6 +650,14 @@ class SiscPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, math.log(1.0 / self.config.temperature_init))
             if module.logit_bias is not None:
                 init.constant_(module.logit_bias, self.config.siglip_bias_init)
+            # The convolutional stem feeds ReLUs: He initialisation, not the N(0, 0.02) that the vision tower's own
+            # initialisation (run before this, on its whole sub-tree) gave every convolution.
+            stem = getattr(getattr(module.vision_model, "embeddings", None), "patch_embeddings", None)
+            if isinstance(getattr(stem, "projection", None), ConvPatchStem):
+                for conv in stem.projection:
+                    if isinstance(conv, nn.Conv2d):
+                        init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                        init.zeros_(conv.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # One checkpoint serves every Auto class (the pipeline needs the zero-shot entry); transformers itself
@@ -713,6 +754,10 @@ class SiscPreTrainedModel(PreTrainedModel):
         config = cls.config_from_encoders(
             vision_model_name_or_path, text_model_name_or_path, num_text_layers, num_fusion_layers, **config_kwargs
         )
+        if vision_model_name_or_path and config.vision_conv_stem:
+            raise ValueError(f"vision_conv_stem={config.vision_conv_stem} replaces the patch projection that the "
+                             f"pretrained image tower {vision_model_name_or_path} was trained with: use it only for a "
+                             "tower trained from scratch (set vision_conv_stem=None)")
         model = cls(config)
         sisc = getattr(model, "sisc", model)  # the task models and SiscForPreTraining hold a SiscModel
 
@@ -801,7 +846,7 @@ class SiscModel(SiscPreTrainedModel):
         super().__init__(config)
         vision_hidden = config.vision_config.hidden_size
         text_hidden = config.text_config.hidden_size
-        self.vision_model = _build_vision_model(config.vision_config)
+        self.vision_model = _build_vision_model(config.vision_config, config.vision_conv_stem)
         self.text_model = BertModel(config.text_config, add_pooling_layer=False)
         # The fusion layers are BERT modules outside a PreTrainedModel: give them the text tower's resolved kernel.
         config.fusion_encoder_config._attn_implementation_internal = self.text_model.config._attn_implementation
@@ -868,13 +913,17 @@ class SiscModel(SiscPreTrainedModel):
             )
 
     # ---- encoders ----
+    def image_summary(self, vision_outputs) -> torch.Tensor:
+        """The vector the image embedding is projected from (`config.image_pooling`, see `image_summary`)."""
+        return image_summary(vision_outputs, self.config.image_pooling, self.config.vision_config.model_type)
+
     def encode_image(self, pixel_values, interpolate_pos_encoding: bool = False, **kwargs):
-        """Vision tower output and the normalised projected image embedding (from the [CLS] token)."""
+        """Vision tower output and the normalised projected image embedding (from `image_summary`)."""
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
-        return outputs, F.normalize(self.visual_projection(image_summary(outputs)), dim=-1)
+        return outputs, F.normalize(self.visual_projection(self.image_summary(outputs)), dim=-1)
 
     def encode_text(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
         """Text encoder output and the normalised projected text embedding (from the [CLS] token)."""
@@ -1284,6 +1333,7 @@ class SiscMomentumEncoder(nn.Module):
         super().__init__()
         for name in ("vision_model", "text_model", "visual_projection", "text_projection"):
             setattr(self, name, copy.deepcopy(getattr(sisc, name)))
+        self.image_pooling = (config.image_pooling, config.vision_config.model_type)
         self.requires_grad_(False)
         size, dim = config.queue_size, config.embed_dim
         self.register_buffer("image_queue", torch.zeros(size, dim))
@@ -1305,7 +1355,7 @@ class SiscMomentumEncoder(nn.Module):
         vision = self.vision_model(pixel_values=pixel_values, return_dict=True)
         text = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         return (
-            F.normalize(self.visual_projection(image_summary(vision)), dim=-1),
+            F.normalize(self.visual_projection(image_summary(vision, *self.image_pooling)), dim=-1),
             F.normalize(self.text_projection(text.last_hidden_state[:, 0]), dim=-1),
         )
 
@@ -1451,14 +1501,14 @@ class SiscForPreTraining(SiscPreTrainedModel):
         masked_ids[randomise] = random_tokens[randomise]
         return masked_ids, labels
 
-    def _sample_hard_negatives(self, similarity: torch.Tensor, not_negative: torch.Tensor):
+    def _sample_hard_negatives(self, similarity: torch.Tensor, not_negative: torch.Tensor, share: float | None = None):
         """For each row, one column drawn with probability softmax(similarity) over its negatives (mixed with a
-        uniform draw by `config.itm_random_negatives`).
+        uniform draw by `share`, default `config.itm_random_negatives`).
 
         Returns (row_indices, column_indices) for the rows that have at least one negative.
         """
         probs = torch.softmax(similarity.detach().float(), dim=1).masked_fill(not_negative, 0.0)
-        share = self.config.itm_random_negatives
+        share = self.config.itm_random_negatives if share is None else share
         if share > 0:  # a mixture with the uniform draw over each row's negatives
             probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
             uniform = (~not_negative).float()
@@ -1470,9 +1520,11 @@ class SiscForPreTraining(SiscPreTrainedModel):
         columns = torch.multinomial(probs[rows], 1).flatten()
         return rows, columns
 
-    def itm_loss(self, text_states, attention_mask, image_states, logits_per_text, image_ids=None, false_negative_mask=None):
+    def itm_loss(self, text_states, attention_mask, image_states, logits_per_text, image_ids=None, false_negative_mask=None,
+                 random_share: float | None = None):
         """ITM: the pairs, plus for each text a hard negative image and for each image a hard negative text, drawn in
-        proportion to the contrastive similarity (positives, same-image pairs and known false negatives excluded).
+        proportion to the contrastive similarity (positives, same-image pairs and known false negatives excluded),
+        mixed with a uniform draw by `random_share` (default `config.itm_random_negatives`).
         Returns (loss, logits, labels)."""
         batch = text_states.shape[0]
         device = text_states.device
@@ -1483,8 +1535,8 @@ class SiscForPreTraining(SiscPreTrainedModel):
             start = 0 if false_negative_mask.shape[0] == batch else torch.distributed.get_rank() * batch
             block = false_negative_mask[start : start + batch, start : start + batch]
             not_negative |= block.to(device, torch.bool)
-        text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative)
-        image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative)
+        text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative, random_share)
+        image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative, random_share)
         itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
         itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
         itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
@@ -1527,6 +1579,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
         mlm_input_ids: torch.LongTensor | None = None,
         mlm_labels: torch.LongTensor | None = None,
         false_negative_mask: torch.Tensor | None = None,
+        itm_random_negatives: float | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
         **kwargs,
@@ -1537,6 +1590,8 @@ class SiscForPreTraining(SiscPreTrainedModel):
                 `DataCollatorForLanguageModeling`; when absent the captions are masked here (`mask_tokens`).
             false_negative_mask: (batch, batch) bool, text x image pairs known to match (dataset ground truth): not
                 used as contrastive or ITM negatives (the oracle baseline of the false-negative benchmark).
+            itm_random_negatives: this step's share of uniformly drawn ITM negatives (default the config's; the
+                trainer passes `config.itm_random_share_at(step)` for a curriculum).
 
         A loss whose weight in the config is 0 (`itm_loss_weight`, `mlm_loss_weight`) is not computed at all: it is
         returned as 0 and its logits as None.
@@ -1592,7 +1647,8 @@ class SiscForPreTraining(SiscPreTrainedModel):
 
         if config.itm_loss_weight > 0:
             loss_itm, itm_logits, itm_labels = self.itm_loss(
-                text_states, attention_mask, image_states, logits_per_text, image_ids, false_negative_mask
+                text_states, attention_mask, image_states, logits_per_text, image_ids, false_negative_mask,
+                random_share=itm_random_negatives,
             )
         if config.mlm_loss_weight > 0:
             loss_mlm, mlm_logits = self.mlm_loss(

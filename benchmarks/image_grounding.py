@@ -2,11 +2,16 @@
 
     python benchmarks/image_grounding.py --model outputs/sisc-small
 
-1. Linear probes: the image encoder's pooled features ([CLS] and the mean of the patch states) of the embedded NLVR
+1. Linear probes: the image encoder's pooled features ([CLS], the mean and the maximum of the patch states; the
+   contrastive embedding reads [CLS] or the maximum, `SiscConfig.image_pooling`) of the embedded NLVR
    scenes (dev + test, both images: 1,600 images with known contents), standardised; a logistic regression per
    target is fitted on 75% of the images and scored on the rest, next to always guessing the training majority.
    Targets: "<colour> object present", "<shape> present", and the number of objects.
-2. Image-text matching from the checkpoint's fusion encoder: a copy of the model trains its fusion encoder and ITM
+2. The checkpoint's own ITM head, as pretrained, on the held-out test split: each caption with its image and with
+   one image it is false of, the most ITC-similar such image of its batch of 64 (the pretraining's hard negative)
+   or one at random. Printed: accuracy over the 2 x 1,500 pairs (chance 50%), and how often the true pair scores
+   above the negative.
+3. Image-text matching from the checkpoint's fusion encoder: a copy of the model trains its fusion encoder and ITM
    head alone (towers frozen) on the embedded captions, each caption with its image and with one image it is false
    of, picked at random or (as in pretraining) the most ITC-similar such image of the batch. Printed: accuracy over
    the last steps (chance 50%).
@@ -34,7 +39,8 @@ def pooled_image_features(model, processor, images, batch_size: int = 200) -> to
         for start in range(0, len(images), batch_size):
             pixels = processor(images=images[start : start + batch_size], return_tensors="pt")["pixel_values"]
             states = model.encode_image(pixels)[0].last_hidden_state
-            features.append(torch.cat([states[:, 0], states[:, 1:].mean(dim=1)], dim=-1))
+            patches = states[:, 1:]
+            features.append(torch.cat([states[:, 0], patches.mean(dim=1), patches.amax(dim=1)], dim=-1))
     features = torch.cat(features)
     return (features - features.mean(0)) / (features.std(0) + 1e-6)
 
@@ -82,6 +88,49 @@ def run_probes(model, processor, cache_dir: str) -> list[dict]:
         rows.append({"target": name, "probe_accuracy": accuracy, "majority_accuracy": majority})
         print(f"  {name:<28} probe {accuracy:5.1f}%   majority {majority:5.1f}%", flush=True)
     return rows
+
+
+def itm_as_pretrained(model, processor, pairs, batch: int = 64, seed: int = 0) -> list[dict]:
+    """The checkpoint's ITM head on `pairs` (a shapes split), against ITC-hard and random negatives (module doc)."""
+    from sisc_train.synthetic.shapes import caption_matches
+
+    facts, scenes = list(pairs["caption_facts"]), list(pairs["scene"])
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    scores = {"hard": [], "random": []}  # per caption: (P(match) of the true pair, P(match) of the negative)
+    rng = random.Random(seed)
+    with torch.no_grad():
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            inputs = processor(text=[pairs[i]["caption"] for i in rows], images=[pairs[i]["image"] for i in rows],
+                               return_tensors="pt")
+            text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+            image = model.get_image_features(inputs["pixel_values"])
+            similarity = (text @ image.t()).tolist()
+            for kind in scores:
+                negatives = []
+                for a, i in enumerate(rows):
+                    false_of = [k for k in range(len(rows)) if not caption_matches(facts[i], scenes[rows[k]])]
+                    if not false_of:
+                        negatives.append(None)
+                    elif kind == "hard":
+                        negatives.append(max(false_of, key=lambda k: similarity[a][k]))
+                    else:
+                        negatives.append(rng.choice(false_of))
+                keep = [a for a, k in enumerate(negatives) if k is not None]
+                images = torch.cat([inputs["pixel_values"][keep], inputs["pixel_values"][[negatives[a] for a in keep]]])
+                ids, mask = inputs["input_ids"][keep].repeat(2, 1), inputs["attention_mask"][keep].repeat(2, 1)
+                match = model.get_itm_logits(ids, mask, images).softmax(-1)[:, 1]
+                scores[kind] += list(zip(match[: len(keep)].tolist(), match[len(keep):].tolist()))
+    results = []
+    for kind, pairs_scored in scores.items():
+        accuracy = 100 * sum((p > 0.5) + (n <= 0.5) for p, n in pairs_scored) / (2 * len(pairs_scored))
+        ranked = 100 * sum(p > n for p, n in pairs_scored) / len(pairs_scored)
+        results.append({"negatives": kind, "captions": len(pairs_scored), "accuracy": accuracy,
+                        "true_pair_scores_higher": ranked})
+        print(f"  {kind:<6} negatives: accuracy {accuracy:.1f}%, the true pair scores higher for {ranked:.1f}% of "
+              f"{len(pairs_scored)} captions", flush=True)
+    return results
 
 
 def itm_learning(model, processor, negatives: str, steps: int, batch: int, cache_dir: str, seed: int = 0) -> dict:
@@ -158,11 +207,15 @@ def main(argv=None) -> dict:
     processor = load_processor(args.model)
     print(f"linear probes of {args.model}'s pooled image features (embedded NLVR scenes, 25% held out):", flush=True)
     probes = run_probes(model, processor, args.data_cache_dir)
+    print("the checkpoint's ITM head on the test split (chance 50%):", flush=True)
+    from sisc_train.synthetic.shapes import load_shapes_dataset
+
+    itm_pretrained = itm_as_pretrained(model, processor, load_shapes_dataset(cache_dir=args.data_cache_dir)["test"])
     itm = []
     if args.itm_steps > 0:  # 0: the probes only
         print(f"image-text matching, fusion encoder + ITM head trained alone ({args.itm_steps} steps, chance 50%):", flush=True)
         itm = [itm_learning(model, processor, kind, args.itm_steps, args.itm_batch, args.data_cache_dir) for kind in ("random", "hard")]
-    result = {"model": args.model, "probes": probes, "itm": itm}
+    result = {"model": args.model, "probes": probes, "itm_pretrained": itm_pretrained, "itm": itm}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=2)

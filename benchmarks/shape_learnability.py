@@ -11,12 +11,15 @@ same optimiser settings as the main job (AdamW, lr 1e-3, weight decay 0.01, 10% 
 random weights. Scored on the 500 held-out test images, next to always answering the training majority.
 
 Variants (each trained alone from the same seed and the same batches):
-    vit_cls    the main job's image tower (`SiscConfig.small()`: ViT, 64 px, patch 8, 4 layers, width 128), read out
-               at [CLS] as the contrastive embedding is;
+    vit_cls    the main job's image tower (`SiscConfig.small()`: ViT, 64 px, linear patch projection of patch 8, 4
+               layers, width 128), read out at [CLS] as ALBEF's contrastive embedding is;
     vit_mean   the same tower read out by the mean of its patch states;
     vit_max    the same tower read out by the maximum over its patch states (what a query-driven cross-attention
                can do in the fusion encoder: pick the object it asks for);
     vit_patch4 patch 4 (256 patches, about 4x the compute), [CLS];
+    hybrid_cls the same ViT with a convolutional stem in place of the patch projection (`vision_conv_stem`
+               [32, 64, 128]: three 3x3 convolution + ReLU + 2x2 max-pool stages, the same 64 tokens), [CLS];
+    hybrid_max that hybrid read out by the maximum over its patch states (`image_pooling="max"`);
     cnn        a reference: a three-layer CNN with max pooling (32-64-128 channels, ~93k parameters), global max.
 Results also go to benchmarks/results/shape_learnability.json.
 """
@@ -35,8 +38,8 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
 
-VARIANTS = ("vit_cls", "vit_mean", "vit_max", "vit_patch4", "cnn")
-DEFAULT_VARIANTS = ("vit_cls", "vit_mean", "vit_max", "cnn")  # vit_patch4 costs as much as the other four
+VARIANTS = ("vit_cls", "vit_mean", "vit_max", "vit_patch4", "hybrid_cls", "hybrid_max", "cnn")
+DEFAULT_VARIANTS = ("vit_cls", "vit_max", "hybrid_cls", "hybrid_max", "cnn")  # vit_patch4 costs as much as four others
 
 
 def labelled_images(split, processor, colors, shapes):
@@ -82,13 +85,14 @@ def build_variant(name: str):
     from configuration_sisc import SiscConfig
     from modeling_sisc import SiscModel
 
-    config = SiscConfig.small(vocab_size=709)
+    hybrid = {"vision_conv_stem": [32, 64, 128]} if name.startswith("hybrid") else {}
+    config = SiscConfig.small(vocab_size=709, **hybrid)
     if name == "cnn":
         return SmallCnn(config.vision_config.hidden_size), config.vision_config.hidden_size
     if name == "vit_patch4":
         config.vision_config.patch_size = 4
     vision_model = SiscModel(config).vision_model  # built exactly as the main job builds it
-    readout = {"vit_mean": "mean", "vit_max": "max"}.get(name, "cls")
+    readout = {"vit_mean": "mean", "vit_max": "max", "hybrid_max": "max"}.get(name, "cls")
     return VitReadout(vision_model, readout), config.vision_config.hidden_size
 
 

@@ -14,3 +14,19 @@ def test_image_grounding_probe_separates_what_the_features_hold():
     assert accuracy > 95 and 35 < majority < 65
     accuracy, majority = probe_accuracy(features, hidden)
     assert accuracy < 70
+
+
+def test_itm_as_pretrained_scores_every_caption_against_a_false_image(pretrained, tmp_path):
+    from benchmarks.image_grounding import itm_as_pretrained
+    from modeling_sisc import SiscModel
+    from sisc_train.data.tasks import load_processor
+    from sisc_train.synthetic.shapes import ShapesConfig, load_shapes_dataset
+
+    config = ShapesConfig(num_train=4, num_annotated=1, num_test=12, num_validation=1)
+    test = load_shapes_dataset(config, cache_dir=str(tmp_path))["test"]
+    model = SiscModel.from_pretrained(pretrained).eval()
+    results = itm_as_pretrained(model, load_processor(pretrained), test, batch=16)
+    assert [r["negatives"] for r in results] == ["hard", "random"]
+    for result in results:
+        assert 0 < result["captions"] <= len(test)  # a caption true of every image of its batch has no negative
+        assert 0 <= result["accuracy"] <= 100 and 0 <= result["true_pair_scores_higher"] <= 100

@@ -224,6 +224,16 @@ def test_peer_objective_is_named_with_its_knobs(tmp_path):
     assert "`hard_negative_beta` = 0.5" in card.text and "were not used" in card.text
 
 
+@pytest.mark.parametrize("stem, pooling", [([32, 64, 128], "max"), (None, "cls")])
+def test_image_tower_stem_and_pooling_are_described(tmp_path, stem, pooling):
+    card = render_model_card(
+        tmp_path / "tower", model_config=small_config(vision_conv_stem=stem, image_pooling=pooling), metrics={},
+        dataset_name=None, dataset_description="pairs", num_train_pairs=10, hyperparameters={},
+    )
+    assert ("convolutional stem (32-64-128 channels)" in card.text) == bool(stem)
+    assert ("maximum over the patch states" in card.text) == (pooling == "max")
+
+
 def test_base_model_goes_to_metadata_only_when_it_is_a_hub_id(tmp_path):
     local = tmp_path / "init"
     local.mkdir()

@@ -259,6 +259,28 @@ def test_itm_random_negatives_mix_a_uniform_draw_into_the_hard_one():
     assert set(picks) == {1, 2, 3} and picks.count(1) / 3000 == pytest.approx(1 / 3, abs=0.03)
 
 
+def test_itm_random_share_schedule_and_its_checks():
+    config = tiny_config(itm_random_negatives=1.0, itm_random_negatives_end=0.0, itm_curriculum_steps=10)
+    assert [config.itm_random_share_at(s) for s in (0, 5, 10, 50)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert tiny_config(itm_random_negatives=0.3).itm_random_share_at(7) == pytest.approx(0.3)  # no curriculum
+    for kwargs, field in ((dict(itm_random_negatives_end=1.5), "itm_random_negatives_end"),
+                          (dict(itm_curriculum_steps=-1), "itm_curriculum_steps")):
+        with pytest.raises(ValueError, match=field):
+            tiny_config(**kwargs)
+
+
+def test_forward_itm_share_overrides_the_config(monkeypatch):
+    torch.manual_seed(0)
+    model = SiscForPreTraining(tiny_config()).eval()
+    shares = []
+    original = model._sample_hard_negatives
+    monkeypatch.setattr(model, "_sample_hard_negatives", lambda s, m, share=None: shares.append(share) or original(s, m, share))
+    with torch.no_grad():
+        model(**pairs(4), itm_random_negatives=0.75)
+        model(**pairs(4))
+    assert shares == [0.75, 0.75, None, None]  # both directions; None: the config's share
+
+
 def test_hard_negatives_in_forward_respect_image_ids(pretraining_model, monkeypatch):
     calls = []
     original = pretraining_model._sample_hard_negatives

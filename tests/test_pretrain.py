@@ -419,6 +419,20 @@ def test_itm_random_negatives_flag_reaches_the_saved_config(pairs_file, tmp_path
     assert json.load(open(tmp_path / "mixed" / "config.json"))["itm_random_negatives"] == 0.5
 
 
+def test_itm_curriculum_moves_the_random_share_over_the_run_and_a_checkpoint_goes_on_at_its_end(pairs_file, tmp_path):
+    train(pairs_file, tmp_path / "curriculum", "--itm_random_negatives", "1.0", "--itm_random_negatives_end", "0.2",
+          "--max_steps", "4", "--logging_steps", "1")
+    summary = json.load(open(tmp_path / "curriculum" / "results.json"))
+    shares = [entry["itm_random_share"] for entry in summary["history"]]
+    assert shares == pytest.approx([1.0, 0.8, 0.6, 0.4])  # step s (1-based) logs the share it trained with
+    config = json.load(open(tmp_path / "curriculum" / "config.json"))
+    assert (config["itm_random_negatives"], config["itm_random_negatives_end"], config["itm_curriculum_steps"]) == (1.0, 0.2, 4)
+    # fine-tuning from it: no second curriculum, the end share from the first step
+    model_args = pretrain.ModelArguments(model_name_or_path=str(tmp_path / "curriculum"))
+    model = pretrain.build_model(model_args, processor=None, total_steps=10)
+    assert model.config.itm_random_negatives_end is None and model.config.itm_random_negatives == pytest.approx(0.2)
+
+
 def test_fused_adamw_makes_the_same_updates(pairs_file, tmp_path):
     """--fused_adamw (benchmarks/throughput.py measures it) trains to the same weights as the default AdamW, up to
     float rounding, and is recorded with the run's settings."""

@@ -115,6 +115,10 @@ def _architecture_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
                     part("hidden size {}", vision.get("hidden_size")),
                     part("{} px input", vision.get("image_size")),
                     part("{0}x{0} patches", vision.get("patch_size")),
+                    part("convolutional stem ({} channels) in place of the patch projection",
+                         "-".join(map(str, config.get("vision_conv_stem") or [])) or None),
+                    part("image embedding from the maximum over the patch states",
+                         True if config.get("image_pooling") == "max" else None),
                 ]
             ),
         ),

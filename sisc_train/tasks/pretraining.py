@@ -132,6 +132,11 @@ class ModelArguments:
         metadata={"help": "Share of ITM negatives drawn uniformly instead of by similarity (0 = ALBEF's hard negatives "
                           "only; default: the config's)."},
     )
+    itm_random_negatives_end: float | None = field(
+        default=None,
+        metadata={"help": "ITM curriculum: the share of uniformly drawn negatives moves linearly from "
+                          "--itm_random_negatives to this over the run (e.g. 1 -> 0: easy negatives first)."},
+    )
     momentum_distillation: bool = field(
         default=False, metadata={"help": "ALBEF's momentum encoder, queue and soft targets (new models only)."}
     )
@@ -231,9 +236,18 @@ def build_model(model_args: ModelArguments, processor, total_steps: int,
         alpha_steps=model_args.alpha_steps if model_args.alpha_steps is not None else total_steps,
         alpha_schedule=model_args.alpha_schedule,
     )
-    for name in ("mlm_loss_weight", "itm_loss_weight", "itm_random_negatives", *PEER_OBJECTIVE_SETTINGS):
+    for name in ("mlm_loss_weight", "itm_loss_weight", "itm_random_negatives", "itm_random_negatives_end",
+                 *PEER_OBJECTIVE_SETTINGS):
         if getattr(model_args, name) is not None:
             regulation[name] = getattr(model_args, name)
+    if model_args.itm_random_negatives_end is not None:
+        regulation["itm_curriculum_steps"] = total_steps
+    elif model_args.model_name_or_path:
+        # a checkpoint pretrained with an ITM curriculum goes on where it ended, not with a second curriculum
+        end = SiscConfig.from_pretrained(model_args.model_name_or_path).itm_random_negatives_end
+        if end is not None:
+            regulation["itm_random_negatives_end"] = None
+            regulation.setdefault("itm_random_negatives", end)
     if model_args.momentum_distillation:
         regulation["use_momentum_distillation"] = True
     if model_args.model_name_or_path:
@@ -436,7 +450,7 @@ class PretrainingTask(Task):
         new_model = {} if self.model_args.model_name_or_path else {name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
         # flags added later are recorded only when used, so that checkpoints written before they existed resume
         later = {"freeze_text_tower": True} if self.model_args.freeze_text_tower else {}
-        for name in ("itm_random_negatives", *PEER_OBJECTIVE_SETTINGS):
+        for name in ("itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **later,
@@ -488,6 +502,8 @@ class PretrainingTask(Task):
             extra["alpha"] = self.config.alpha_at(step - 1)
         if self.model_args.oracle_false_negatives:
             extra["false_negative_mask"] = batch["relevance"]
+        if self.config.itm_random_negatives_end is not None:
+            extra["itm_random_negatives"] = self.config.itm_random_share_at(step - 1)
         return model(
             input_ids=batch["input_ids"],
             pixel_values=batch["pixel_values"],
@@ -507,6 +523,7 @@ class PretrainingTask(Task):
         sisc = self.accelerator.unwrap_model(model).sisc
         return {
             "alpha": self.config.alpha_at(step - 1) if uses_teacher else 0.0,
+            **({"itm_random_share": self.config.itm_random_share_at(step - 1)} if self.config.itm_loss_weight > 0 else {}),
             "temperature": 1.0 / sisc.logit_scale_value().item(),
             **({"logit_bias": sisc.logit_bias.item()} if sisc.logit_bias is not None else {}),  # SigLIP's
             **regulation_diagnostics(
