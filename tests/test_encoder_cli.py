@@ -164,3 +164,17 @@ def test_vocabulary_warning_names_the_tokenizer_flags(caplog):
     with caplog.at_level(logging.WARNING):
         check_vocabulary(report)
     assert "--tokenizer_name_or_path" in caplog.text and "--text_model_name_or_path" in caplog.text
+
+
+def test_image_tower_flags_build_the_hybrid_max_model_and_are_refused_with_a_checkpoint(pairs_file, tmp_path):
+    base = ["--dataset", pairs_file, "--eval_split", "", *RUN, "--image_size", "16", "--hidden_size", "32"]
+    pretrain.main([*base, "--output_dir", str(tmp_path / "hybrid"), "--vision_conv_stem", "8", "16", "16",
+                   "--image_pooling", "max"])
+    config = json.load(open(tmp_path / "hybrid" / "config.json"))
+    assert config["vision_conv_stem"] == [8, 16, 16] and config["image_pooling"] == "max"
+    assert json.load(open(tmp_path / "hybrid" / "results.json"))["args"]["vision_conv_stem"] == [8, 16, 16]
+    with pytest.raises(ValueError, match="cannot go with --image_pooling"):
+        pretrain.main([*base, "--output_dir", str(tmp_path / "never"), "--model_name_or_path", str(tmp_path / "hybrid"),
+                       "--image_pooling", "cls"])
+    with pytest.raises(ValueError, match="patch_size must be 4, got 8"):
+        pretrain.main([*base, "--output_dir", str(tmp_path / "never"), "--vision_conv_stem", "8", "16"])

@@ -65,6 +65,16 @@ class EncoderArguments:
         default=None, metadata={"help": "Width of the small model's random towers (default 128)."}
     )
     max_length: int = field(default=32, metadata={"help": "Maximum caption length in tokens of a new model."})
+    vision_conv_stem: list[int] | None = field(
+        default=None,
+        metadata={"help": "A new model's convolutional stem in place of the ViT's patch projection: channels per 3x3 "
+                          "conv + ReLU + 2x2 max-pool stage, e.g. 32 64 128 for patch 8 (SiscConfig.vision_conv_stem)."},
+    )
+    image_pooling: str | None = field(
+        default=None,
+        metadata={"help": "A new model's image embedding: 'cls' ([CLS] state, ALBEF; default) or 'max' (maximum over the "
+                          "patch states; SiscConfig.image_pooling)."},
+    )
 
 
 # what a resumed run must share with the run that wrote its checkpoint
@@ -72,9 +82,11 @@ ENCODER_SETTINGS = (
     "model_config", "vision_model_name_or_path", "text_model_name_or_path", "tokenizer_name_or_path",
     "num_text_layers", "image_size", "hidden_size", "max_length",
 )
+# a new model's image tower options (recorded for a resume only when given: runs from before them still resume)
+IMAGE_TOWER_FLAGS = ("vision_conv_stem", "image_pooling")
 # the flags that say where a new model starts (they cannot go with a SISC checkpoint)
 START_FLAGS = ("model_config", "vision_model_name_or_path", "text_model_name_or_path", "tokenizer_name_or_path",
-               "num_text_layers")
+               "num_text_layers", *IMAGE_TOWER_FLAGS)
 
 
 def starts_new_model(encoder_args: EncoderArguments | None) -> bool:
@@ -154,6 +166,9 @@ def new_model_config(encoder_args: EncoderArguments, tokenizer, **config_kwargs)
     only, so a bad split or size fails before any data or weights are loaded."""
     ids = special_token_ids(tokenizer, "the tokenizer")
     pad_token_id = ids.pop("pad_token_id")
+    for name in IMAGE_TOWER_FLAGS:
+        if getattr(encoder_args, name) is not None:
+            config_kwargs.setdefault(name, getattr(encoder_args, name))
     kind = encoder_args.model_config or "small"
     image_size = encoder_args.image_size if encoder_args.image_size is not None else resolve_image_size(encoder_args)
     if kind == "small":

@@ -69,6 +69,7 @@ from sisc_train.publishing.model_card import render_model_card
 from sisc_train.synthetic.shapes import ShapesConfig, batch_relevance, load_shapes_dataset
 from sisc_train.tasks.encoders import (
     ENCODER_SETTINGS,
+    IMAGE_TOWER_FLAGS,
     EncoderArguments,
     base_model_names,
     build_new_model,
@@ -450,6 +451,9 @@ class PretrainingTask(Task):
         new_model = {} if self.model_args.model_name_or_path else {name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
         # flags added later are recorded only when used, so that checkpoints written before they existed resume
         later = {"freeze_text_tower": True} if self.model_args.freeze_text_tower else {}
+        if not self.model_args.model_name_or_path:
+            later.update({name: getattr(self.encoder_args, name) for name in IMAGE_TOWER_FLAGS
+                          if getattr(self.encoder_args, name) is not None})
         for name in ("itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
