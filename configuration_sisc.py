@@ -60,7 +60,7 @@ class SiscConfig(PreTrainedConfig):
             The image's summary vector, from which the contrastive embedding is projected: `"cls"` = the [CLS] state
             (ALBEF; the pooler output where the tower has one), `"max"` = the maximum of each feature over the patch
             states (a presence detector: "is there a star anywhere", which a [CLS] average of one to three objects of
-            different sizes dilutes; the small model's default, see `benchmarks/README.md`).
+            different sizes dilutes; see `benchmarks/README.md`, "Why the main job's image tower does not see shapes").
         temperature_init (`float`, defaults to 0.07):
             Initial contrastive temperature; it is learned and kept within [0.001, 0.5] (as ALBEF does).
         contrastive_loss (`str`, defaults to `"srcl"`):
