@@ -285,8 +285,8 @@ def test_hard_negatives_in_forward_respect_image_ids(pretraining_model, monkeypa
     calls = []
     original = pretraining_model._sample_hard_negatives
 
-    def spy(similarity, not_negative):
-        rows, columns = original(similarity, not_negative)
+    def spy(similarity, not_negative, share=None):
+        rows, columns = original(similarity, not_negative, share)
         calls.append((rows, columns, not_negative.clone()))
         return rows, columns
 
