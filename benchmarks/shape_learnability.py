@@ -1,6 +1,6 @@
 """Can the small default image tower learn shapes at all in the main job's budget, given the answer directly?
 
-    python benchmarks/shape_learnability.py                     # 1,200 steps per variant, ~35 min on 2 cores
+    python benchmarks/shape_learnability.py                     # 1,200 steps per variant, ~30 min on 2 cores
     python benchmarks/shape_learnability.py --variants vit_cls vit_patch4 --steps 600
 
 The main job's image tower tells colours apart but hardly shapes (`benchmarks/image_grounding.py`). Before blaming
