@@ -241,19 +241,18 @@ def build_model(model_args: ModelArguments, processor, total_steps: int,
                  *PEER_OBJECTIVE_SETTINGS):
         if getattr(model_args, name) is not None:
             regulation[name] = getattr(model_args, name)
+    checkpoint = SiscConfig.from_pretrained(model_args.model_name_or_path) if model_args.model_name_or_path else None
     if model_args.itm_random_negatives_end is not None:
         regulation["itm_curriculum_steps"] = total_steps
-    elif model_args.model_name_or_path:
+    elif checkpoint is not None and checkpoint.itm_random_negatives_end is not None:
         # a checkpoint pretrained with an ITM curriculum goes on where it ended, not with a second curriculum
-        end = SiscConfig.from_pretrained(model_args.model_name_or_path).itm_random_negatives_end
-        if end is not None:
-            regulation["itm_random_negatives_end"] = None
-            regulation.setdefault("itm_random_negatives", end)
+        regulation["itm_random_negatives_end"] = None
+        regulation.setdefault("itm_random_negatives", checkpoint.itm_random_negatives_end)
     if model_args.momentum_distillation:
         regulation["use_momentum_distillation"] = True
-    if model_args.model_name_or_path:
+    if checkpoint is not None:
         model = SiscForPreTraining.from_pretrained(model_args.model_name_or_path, **regulation)
-        if model.momentum_encoder is not None and not SiscConfig.from_pretrained(model_args.model_name_or_path).use_momentum_distillation:
+        if model.momentum_encoder is not None and not checkpoint.use_momentum_distillation:
             model.momentum_encoder.update(model.sisc, momentum=0.0)  # the checkpoint has none: start as a copy
         return model
     return build_new_model(SiscForPreTraining, encoder_args or EncoderArguments(), processor.tokenizer, **regulation)
