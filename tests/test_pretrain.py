@@ -442,3 +442,21 @@ def test_fused_adamw_makes_the_same_updates(pairs_file, tmp_path):
     for name, tensor in default.items():
         torch.testing.assert_close(fused[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
     assert json.loads((tmp_path / "fused" / "results.json").read_text())["args"]["fused_adamw"] is True
+
+
+def test_grouped_batches_resume_across_an_epoch_to_the_same_weights(pairs_file, tmp_path):
+    # 80 rows in batches of 8: 10 steps per epoch; the resumed run starts mid-epoch 0 and goes through epoch 1, whose
+    # grouped order must be the uninterrupted run's
+    grouped = ["--batch_groups", "caption", "--batch_group_size", "4", "--max_steps", "14"]
+    one_go = tmp_path / "one_go"
+    train(pairs_file, one_go, *grouped, "--checkpointing_steps", "7")
+    resumed = tmp_path / "resumed"
+    train(pairs_file, resumed, *grouped, "--resume_from_checkpoint", str(one_go / "checkpoints" / "step_7"))
+    a, b = final_state(one_go), final_state(resumed)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="resume|batch_groups"):  # the grouping is a setting a resume must share
+        train(pairs_file, tmp_path / "other", "--max_steps", "14",
+              "--resume_from_checkpoint", str(one_go / "checkpoints" / "step_7"))
+    with pytest.raises(ValueError, match="no such column"):
+        train(pairs_file, tmp_path / "bad", "--batch_groups", "category", "--max_steps", "1")

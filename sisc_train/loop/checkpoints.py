@@ -152,6 +152,8 @@ def check_resume_settings(checkpoint: str, saved: dict | None, current: dict) ->
         for name, value in json.loads(json.dumps(current)).items()
         if saved.get(name) != value
     ]
+    # flags added later are recorded only when used: one the checkpoint used and this run lacks is a difference too
+    differences += [f"--{name} {value!r} in the checkpoint, not given now" for name, value in saved.items() if name not in current]
     if differences:
         raise ValueError(
             f"cannot resume from {checkpoint}: it was written with other training settings: {'; '.join(differences)}. "

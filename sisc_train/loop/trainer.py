@@ -73,6 +73,10 @@ class Task:
     def build_model(self, total_steps: int) -> torch.nn.Module:
         raise NotImplementedError
 
+    def train_order(self, rows, seed: int):
+        """A sampler giving the training rows' order within an epoch (with `set_epoch`); None: a seeded shuffle."""
+        return None
+
     def settings(self) -> dict:
         """The model and data settings a resumed run must share with the run that wrote its checkpoint."""
         return {}
@@ -207,10 +211,12 @@ def train(task: Task, args: TrainingArguments) -> dict:
     with accelerator.main_process_first():
         rows, collator = task.load_data()
     streaming = isinstance(rows, torch.utils.data.IterableDataset)
+    order = None if streaming else task.train_order(rows, args.seed)
     loader = DataLoader(
         rows,
         batch_size=args.per_device_batch_size,
-        shuffle=not streaming,
+        shuffle=not streaming and order is None,
+        sampler=order,
         drop_last=True,  # equal batch sizes on every process: the global contrastive batch is gathered
         num_workers=args.num_workers,
         collate_fn=collator,

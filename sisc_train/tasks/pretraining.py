@@ -45,6 +45,7 @@ from transformers import AutoProcessor
 from configuration_sisc import SiscConfig
 from modeling_sisc import SiscForPreTraining, SiscModel
 from sisc_train.data.formats import FORMAT_HELP
+from sisc_train.data.grouping import GroupedOrder, group_keys
 from sisc_train.data.pairs import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
@@ -194,6 +195,13 @@ class DataArguments:
     )
     streaming: bool = field(default=False, metadata={"help": "Stream the data (datasets.IterableDataset)."})
     max_bad_fraction: float = field(default=0.05, metadata={"help": "Fail when more than this fraction is unreadable."})
+    batch_groups: str | None = field(
+        default=None,
+        metadata={"help": "Harder in-batch negatives: rows sharing this column's value (or a derived key: 'colors', the "
+                          "set of colours of a shapes scene) share batches, in groups of --batch_group_size "
+                          "(sisc_train/data/grouping.py). Default: random batches."},
+    )
+    batch_group_size: int = field(default=4, metadata={"help": "Rows per group with --batch_groups."})
 
 
 @dataclass
@@ -456,6 +464,8 @@ class PretrainingTask(Task):
         for name in ("itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
+        if self.data_args.batch_groups:
+            later.update(batch_groups=self.data_args.batch_groups, batch_group_size=self.data_args.batch_group_size)
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **later,
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
@@ -483,6 +493,14 @@ class PretrainingTask(Task):
         # before any training step: stop on captions the vocabulary cannot read (all [UNK]), warn on poorly read ones
         check_caption_vocabulary(self.train_rows, self.processor.tokenizer)
         return self.train_rows, PairCollator(self.processor, passthrough=passthrough, relevance_fn=relevance_fn)
+
+    def train_order(self, rows, seed: int):
+        if not self.data_args.batch_groups:
+            return None
+        if self.data_args.streaming:
+            raise ValueError("--batch_groups needs the whole training set (it orders every epoch): drop --streaming")
+        image_ids = rows["image_id"] if "image_id" in rows.column_names else None
+        return GroupedOrder(group_keys(rows, self.data_args.batch_groups), self.data_args.batch_group_size, seed, image_ids)
 
     def build_model(self, total_steps: int) -> SiscForPreTraining:
         model = build_model(self.model_args, self.processor, total_steps, self.encoder_args)
