@@ -414,7 +414,15 @@ class SiscConfig(PreTrainedConfig):
 
         Special token ids default to those of the shipped vocabulary (`sisc_vocab.txt`: [PAD]=0, [CLS]=2,
         [SEP]=3, [MASK]=4); pass others together with `vocab_size` for another tokenizer.
+
+        Its image tower is a hybrid ViT (`SMALL_IMAGE_TOWER`: a 16-32-64 convolutional stem, the image embedding read
+        out by the maximum over the patch states) and half of its ITM negatives are random: from scratch and in a
+        CPU budget, a plain ViT read out at [CLS] learns colours but not shapes, and its ITM head stays at chance
+        (`benchmarks/README.md`, "Why the main job's image tower does not see shapes"). Pass
+        `vision_conv_stem=None, image_pooling="cls", itm_random_negatives=0.0` for ALBEF's plain recipe.
         """
+        for name, value in SMALL_IMAGE_TOWER.items():
+            kwargs.setdefault(name, value)
         bert = dict(
             vocab_size=vocab_size,
             pad_token_id=kwargs.pop("pad_token_id", 0),
@@ -444,6 +452,11 @@ class SiscConfig(PreTrainedConfig):
         )
 
 
+# The small model's image tower and ITM negatives (see `SiscConfig.small`); a pretrained tower keeps its own front.
+SMALL_IMAGE_TOWER = {"vision_conv_stem": [16, 32, 64], "image_pooling": "max", "itm_random_negatives": 0.5}
+# ALBEF's plain recipe (the small model's before): benchmarks whose committed numbers were measured with it pin it
+PLAIN_IMAGE_TOWER = {"vision_conv_stem": None, "image_pooling": "cls", "itm_random_negatives": 0.0}
+
 SiscConfig.register_for_auto_class()
 
-__all__ = ["SiscConfig", "VISION_MODEL_TYPES", "DUAL_ENCODER_TYPES", "IMAGE_POOLINGS"]
+__all__ = ["SiscConfig", "VISION_MODEL_TYPES", "DUAL_ENCODER_TYPES", "IMAGE_POOLINGS", "SMALL_IMAGE_TOWER", "PLAIN_IMAGE_TOWER"]

@@ -11,8 +11,9 @@ same optimiser settings as the main job (AdamW, lr 1e-3, weight decay 0.01, 10% 
 random weights. Scored on the 500 held-out test images, next to always answering the training majority.
 
 Variants (each trained alone from the same seed and the same batches):
-    vit_cls    the main job's image tower (`SiscConfig.small()`: ViT, 64 px, linear patch projection of patch 8, 4
-               layers, width 128), read out at [CLS] as ALBEF's contrastive embedding is;
+    vit_cls    the main job's image tower before this benchmark (`SiscConfig.small(**PLAIN_IMAGE_TOWER)`: ViT, 64 px,
+               linear patch projection of patch 8, 4 layers, width 128), read out at [CLS] as ALBEF's contrastive
+               embedding is;
     vit_mean   the same tower read out by the mean of its patch states;
     vit_max    the same tower read out by the maximum over its patch states (what a query-driven cross-attention
                can do in the fusion encoder: pick the object it asks for);
@@ -82,11 +83,12 @@ class VitReadout(nn.Module):
 
 
 def build_variant(name: str):
-    from configuration_sisc import SiscConfig
+    from configuration_sisc import PLAIN_IMAGE_TOWER, SiscConfig
     from modeling_sisc import SiscModel
 
-    hybrid = {"vision_conv_stem": [32, 64, 128]} if name.startswith("hybrid") else {}
-    config = SiscConfig.small(vocab_size=709, **hybrid)
+    # the towers of the committed tables: the plain ViT (the small model's before), the hybrid with a 32-64-128 stem
+    tower = {**PLAIN_IMAGE_TOWER, **({"vision_conv_stem": [32, 64, 128]} if name.startswith("hybrid") else {})}
+    config = SiscConfig.small(vocab_size=709, **tower)
     if name == "cnn":
         return SmallCnn(config.vision_config.hidden_size), config.vision_config.hidden_size
     if name == "vit_patch4":

@@ -57,7 +57,7 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
-from configuration_sisc import SiscConfig
+from configuration_sisc import PLAIN_IMAGE_TOWER, SiscConfig
 from modeling_sisc import SiscForPreTraining
 from train_speed import (  # same folder
     ContentionMeter, rotated, summarize, synchronize, synthetic_batch, timed_region, write_results,
@@ -181,7 +181,8 @@ def matmul_at_model_shapes(device: torch.device, config: SiscConfig, batch: int,
 
 def build_config(args) -> SiscConfig:
     if args.config == "small":
-        return SiscConfig.small(vocab_size=SMALL_VOCAB, image_size=args.image_size)
+        # the small model its committed tables measured (README, "Speed and scale")
+        return SiscConfig.small(vocab_size=SMALL_VOCAB, image_size=args.image_size, **PLAIN_IMAGE_TOWER)
     return SiscConfig.base(vocab_size=BASE_VOCAB, image_size=args.image_size)
 
 

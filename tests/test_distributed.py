@@ -48,4 +48,5 @@ def test_two_processes_equal_one_process(tmp_path, norm):
     torch.testing.assert_close(double["weights_t2i"], single["weights_t2i"], rtol=1e-5, atol=1e-6)
     assert single["grads"].keys() == double["grads"].keys() and len(single["grads"]) > 10
     for name, grad in single["grads"].items():
-        torch.testing.assert_close(double["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        # float sums in another order: an element near zero of a large gradient differs by rounding at that scale
+        torch.testing.assert_close(double["grads"][name], grad, rtol=1e-4, atol=1e-6 + 1e-5 * grad.abs().max().item(), msg=name)

@@ -172,9 +172,29 @@ def test_image_tower_flags_build_the_hybrid_max_model_and_are_refused_with_a_che
                    "--image_pooling", "max"])
     config = json.load(open(tmp_path / "hybrid" / "config.json"))
     assert config["vision_conv_stem"] == [8, 16, 16] and config["image_pooling"] == "max"
-    assert json.load(open(tmp_path / "hybrid" / "results.json"))["args"]["vision_conv_stem"] == [8, 16, 16]
+    assert json.load(open(tmp_path / "hybrid" / "results.json"))["args"]["image_tower"] == "conv stem [8, 16, 16], max read-out"
     with pytest.raises(ValueError, match="cannot go with --image_pooling"):
         pretrain.main([*base, "--output_dir", str(tmp_path / "never"), "--model_name_or_path", str(tmp_path / "hybrid"),
                        "--image_pooling", "cls"])
     with pytest.raises(ValueError, match="patch_size must be 4, got 8"):
         pretrain.main([*base, "--output_dir", str(tmp_path / "never"), "--vision_conv_stem", "8", "16"])
+
+
+def test_the_small_model_defaults_to_the_hybrid_tower_and_0_gives_the_plain_vit(encoders, pairs_file, tmp_path):
+    from configuration_sisc import SMALL_IMAGE_TOWER
+
+    base = ["--dataset", pairs_file, "--eval_split", "", *RUN, "--image_size", "16", "--hidden_size", "32"]
+    pretrain.main([*base, "--output_dir", str(tmp_path / "default")])
+    config = json.load(open(tmp_path / "default" / "config.json"))
+    assert {name: config[name] for name in SMALL_IMAGE_TOWER} == SMALL_IMAGE_TOWER
+    pretrain.main([*base, "--output_dir", str(tmp_path / "plain"), "--vision_conv_stem", "0", "--image_pooling", "cls",
+                   "--itm_random_negatives", "0", "--checkpointing_steps", "1"])
+    config = json.load(open(tmp_path / "plain" / "config.json"))
+    assert config["vision_conv_stem"] is None and config["image_pooling"] == "cls" and config["itm_random_negatives"] == 0
+    # a resume must build the tower its checkpoint has: the plain run's checkpoint is refused with the defaults
+    with pytest.raises(ValueError, match="image_tower"):
+        pretrain.main([*base, "--output_dir", str(tmp_path / "plain"), "--resume_from_checkpoint", "latest"])
+    # a pretrained image tower keeps its own patch projection and [CLS]
+    pretrain.main([*base, "--output_dir", str(tmp_path / "vit"), "--vision_model_name_or_path", str(encoders / "vit")])
+    config = json.load(open(tmp_path / "vit" / "config.json"))
+    assert config["vision_conv_stem"] is None and config["image_pooling"] == "cls"

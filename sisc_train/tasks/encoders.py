@@ -68,12 +68,14 @@ class EncoderArguments:
     vision_conv_stem: list[int] | None = field(
         default=None,
         metadata={"help": "A new model's convolutional stem in place of the ViT's patch projection: channels per 3x3 "
-                          "conv + ReLU + 2x2 max-pool stage, e.g. 32 64 128 for patch 8 (SiscConfig.vision_conv_stem)."},
+                          "conv + ReLU + 2x2 max-pool stage, e.g. 16 32 64 for patch 8 (SiscConfig.vision_conv_stem; "
+                          "the small model's default), 0 for the plain patch projection."},
     )
     image_pooling: str | None = field(
         default=None,
-        metadata={"help": "A new model's image embedding: 'cls' ([CLS] state, ALBEF; default) or 'max' (maximum over the "
-                          "patch states; SiscConfig.image_pooling)."},
+        metadata={"help": "A new model's image embedding: 'cls' ([CLS] state, ALBEF; the default of the base model and "
+                          "of pretrained towers) or 'max' (maximum over the patch states; the small model's default; "
+                          "SiscConfig.image_pooling)."},
     )
 
 
@@ -169,6 +171,11 @@ def new_model_config(encoder_args: EncoderArguments, tokenizer, **config_kwargs)
     for name in IMAGE_TOWER_FLAGS:
         if getattr(encoder_args, name) is not None:
             config_kwargs.setdefault(name, getattr(encoder_args, name))
+    if config_kwargs.get("vision_conv_stem") == [0]:  # --vision_conv_stem 0: the plain linear patch projection
+        config_kwargs["vision_conv_stem"] = None
+    if encoder_args.vision_model_name_or_path:  # the small preset's stem and max read-out are for its random tower
+        config_kwargs.setdefault("vision_conv_stem", None)
+        config_kwargs.setdefault("image_pooling", "cls")
     kind = encoder_args.model_config or "small"
     image_size = encoder_args.image_size if encoder_args.image_size is not None else resolve_image_size(encoder_args)
     if kind == "small":

@@ -70,7 +70,6 @@ from sisc_train.publishing.model_card import render_model_card
 from sisc_train.synthetic.shapes import ShapesConfig, batch_relevance, load_shapes_dataset
 from sisc_train.tasks.encoders import (
     ENCODER_SETTINGS,
-    IMAGE_TOWER_FLAGS,
     EncoderArguments,
     base_model_names,
     build_new_model,
@@ -199,7 +198,8 @@ class DataArguments:
         default=None,
         metadata={"help": "Harder in-batch negatives: rows sharing this column's value (or a derived key: 'colors', the "
                           "set of colours of a shapes scene) share batches, in groups of --batch_group_size "
-                          "(sisc_train/data/grouping.py). Default: random batches."},
+                          "(sisc_train/data/grouping.py). Default: 'colors' on the embedded shapes data, else random "
+                          "batches; 'none': random batches."},
     )
     batch_group_size: int = field(default=4, metadata={"help": "Rows per group with --batch_groups."})
 
@@ -217,7 +217,7 @@ class PretrainingArguments(TrainingArguments):
     logging_steps: int = 10
     metric_for_best_model: str = field(default="r_mean", metadata={"help": "Validation metric (higher is better) that picks the kept model."})
     diagnostics_steps: int = field(default=200, metadata={"help": "Save weight heat map + histogram every N steps."})
-    rerank_k: int = field(default=0, metadata={"help": "Final evaluation also with ITM re-ranking of the top k (0: ITC only)."})
+    rerank_k: int = field(default=16, metadata={"help": "Final evaluation also with ITM re-ranking of the top k ITC candidates (0: ITC only)."})
 
 # what a resumed run must share with the run that wrote the checkpoint besides the training settings: the model, the
 # objective and the data order
@@ -400,9 +400,10 @@ def check_metric_name(name: str, data) -> None:
 
 
 def write_card(args, model_args, data_args, config, metrics, data_description, num_pairs, *, rerank_metrics=None, fine_tuned_for=None,
-               encoder_args=None) -> None:
+               encoder_args=None, batch_groups=None) -> None:
     hyperparameters = {
         "per_device_batch_size": args.per_device_batch_size,
+        "batches": f"grouped by {batch_groups}, {data_args.batch_group_size} rows per group" if batch_groups else "random",
         "learning_rate": args.learning_rate,
         "vision_learning_rate": args.vision_learning_rate or args.learning_rate,
         "weight_decay": args.weight_decay,
@@ -458,14 +459,17 @@ class PretrainingTask(Task):
         new_model = {} if self.model_args.model_name_or_path else {name: getattr(self.encoder_args, name) for name in ENCODER_SETTINGS}
         # flags added later are recorded only when used, so that checkpoints written before they existed resume
         later = {"freeze_text_tower": True} if self.model_args.freeze_text_tower else {}
-        if not self.model_args.model_name_or_path:
-            later.update({name: getattr(self.encoder_args, name) for name in IMAGE_TOWER_FLAGS
-                          if getattr(self.encoder_args, name) is not None})
+        if not self.model_args.model_name_or_path and self.config is not None:
+            # the image tower built (flags or the small model's defaults), when it is not the plain ViT read at [CLS]
+            # that checkpoints from before these options have
+            stem, pooling = self.config.vision_conv_stem, self.config.image_pooling
+            if stem or pooling != "cls":
+                later["image_tower"] = f"conv stem {stem}, {pooling} read-out"
         for name in ("itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
-        if self.data_args.batch_groups:
-            later.update(batch_groups=self.data_args.batch_groups, batch_group_size=self.data_args.batch_group_size)
+        if self.batch_groups():
+            later.update(batch_groups=self.batch_groups(), batch_group_size=self.data_args.batch_group_size)
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **later,
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
@@ -494,13 +498,20 @@ class PretrainingTask(Task):
         check_caption_vocabulary(self.train_rows, self.processor.tokenizer)
         return self.train_rows, PairCollator(self.processor, passthrough=passthrough, relevance_fn=relevance_fn)
 
+    def batch_groups(self) -> str | None:
+        """The key that groups training rows into batches (--batch_groups), None for random batches."""
+        key = self.data_args.batch_groups
+        if key is None:  # the default: on the shapes data, whose colours alone tell most random batches apart
+            return "colors" if self.data_args.dataset == "shapes" and not self.data_args.streaming else None
+        return None if key == "none" else key
+
     def train_order(self, rows, seed: int):
-        if not self.data_args.batch_groups:
+        if not self.batch_groups():
             return None
         if self.data_args.streaming:
             raise ValueError("--batch_groups needs the whole training set (it orders every epoch): drop --streaming")
         image_ids = rows["image_id"] if "image_id" in rows.column_names else None
-        return GroupedOrder(group_keys(rows, self.data_args.batch_groups), self.data_args.batch_group_size, seed, image_ids)
+        return GroupedOrder(group_keys(rows, self.batch_groups()), self.data_args.batch_group_size, seed, image_ids)
 
     def build_model(self, total_steps: int) -> SiscForPreTraining:
         model = build_model(self.model_args, self.processor, total_steps, self.encoder_args)
@@ -605,7 +616,7 @@ class PretrainingTask(Task):
         write_card(
             self.args, self.model_args, self.data_args, model.config, summary["metrics"], self.data_description,
             len_or_none(self.train_rows), rerank_metrics=summary["rerank_metrics"], fine_tuned_for=self.fine_tuned_for,
-            encoder_args=self.encoder_args,
+            encoder_args=self.encoder_args, batch_groups=self.batch_groups(),
         )
 
     def print_results(self, summary: dict) -> None:
