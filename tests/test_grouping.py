@@ -61,14 +61,3 @@ def test_keys_from_a_column_or_derived_from_the_scene():
     with pytest.raises(ValueError, match="no such column.*'colors'"):
         group_keys(rows, "category")
 
-
-def test_the_shapes_data_groups_by_colours_unless_told_otherwise():
-    from sisc_train.tasks.pretraining import DataArguments, ModelArguments, PretrainingArguments, PretrainingTask
-
-    def groups(**data):
-        return PretrainingTask(ModelArguments(), DataArguments(**data), PretrainingArguments()).batch_groups()
-
-    assert groups() == "colors"  # the embedded shapes data
-    assert groups(batch_groups="none") is None
-    assert groups(dataset="pairs.jsonl") is None
-    assert groups(dataset="pairs.jsonl", batch_groups="category") == "category"

@@ -198,8 +198,7 @@ class DataArguments:
         default=None,
         metadata={"help": "Harder in-batch negatives: rows sharing this column's value (or a derived key: 'colors', the "
                           "set of colours of a shapes scene) share batches, in groups of --batch_group_size "
-                          "(sisc_train/data/grouping.py). Default: 'colors' on the embedded shapes data, else random "
-                          "batches; 'none': random batches."},
+                          "(sisc_train/data/grouping.py). Default: random batches."},
     )
     batch_group_size: int = field(default=4, metadata={"help": "Rows per group with --batch_groups."})
 
@@ -500,10 +499,7 @@ class PretrainingTask(Task):
 
     def batch_groups(self) -> str | None:
         """The key that groups training rows into batches (--batch_groups), None for random batches."""
-        key = self.data_args.batch_groups
-        if key is None:  # the default: on the shapes data, whose colours alone tell most random batches apart
-            return "colors" if self.data_args.dataset == "shapes" and not self.data_args.streaming else None
-        return None if key == "none" else key
+        return self.data_args.batch_groups
 
     def train_order(self, rows, seed: int):
         if not self.batch_groups():
