@@ -21,6 +21,7 @@ Variants (each trained alone from the same seed and the same batches):
     hybrid_cls the same ViT with a convolutional stem in place of the patch projection (`vision_conv_stem`
                [32, 64, 128]: three 3x3 convolution + ReLU + 2x2 max-pool stages, the same 64 tokens), [CLS];
     hybrid_max that hybrid read out by the maximum over its patch states (`image_pooling="max"`);
+    hybrid16_max the small model's tower now: the 16-32-64 stem, max read-out (`SMALL_IMAGE_TOWER`);
     cnn        a reference: a three-layer CNN with max pooling (32-64-128 channels, ~93k parameters), global max.
 Results also go to benchmarks/results/shape_learnability.json.
 """
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where results are written
 
-VARIANTS = ("vit_cls", "vit_mean", "vit_max", "vit_patch4", "hybrid_cls", "hybrid_max", "cnn")
+VARIANTS = ("vit_cls", "vit_mean", "vit_max", "vit_patch4", "hybrid_cls", "hybrid_max", "hybrid16_max", "cnn")
 DEFAULT_VARIANTS = ("vit_cls", "vit_max", "hybrid_cls", "hybrid_max", "cnn")  # vit_patch4 costs as much as four others
 
 
@@ -86,22 +87,34 @@ def build_variant(name: str):
     from configuration_sisc import PLAIN_IMAGE_TOWER, SiscConfig
     from modeling_sisc import SiscModel
 
-    # the towers of the committed tables: the plain ViT (the small model's before), the hybrid with a 32-64-128 stem
-    tower = {**PLAIN_IMAGE_TOWER, **({"vision_conv_stem": [32, 64, 128]} if name.startswith("hybrid") else {})}
-    config = SiscConfig.small(vocab_size=709, **tower)
+    # the towers of the committed tables: the plain ViT (the small model's before), the hybrid with a 32-64-128 stem,
+    # and the small model's tower now (16-32-64)
+    stem = {"hybrid16_max": [16, 32, 64]}.get(name, [32, 64, 128] if name.startswith("hybrid") else None)
+    config = SiscConfig.small(vocab_size=709, **{**PLAIN_IMAGE_TOWER, "vision_conv_stem": stem})
     if name == "cnn":
-        return SmallCnn(config.vision_config.hidden_size), config.vision_config.hidden_size
+        return SmallCnn(config.vision_config.hidden_size), config
     if name == "vit_patch4":
         config.vision_config.patch_size = 4
     vision_model = SiscModel(config).vision_model  # built exactly as the main job builds it
-    readout = {"vit_mean": "mean", "vit_max": "max", "hybrid_max": "max"}.get(name, "cls")
-    return VitReadout(vision_model, readout), config.vision_config.hidden_size
+    readout = "max" if name.endswith("max") else "mean" if name == "vit_mean" else "cls"
+    return VitReadout(vision_model, readout), config
+
+
+def grounding_probe(encoder, config, processor, cache_dir: str) -> list[dict]:
+    """benchmarks/image_grounding.py's linear probes of a tower trained here: what they report for a tower that is
+    known to see shapes (the probe's own reach)."""
+    from benchmarks.image_grounding import run_probes
+    from modeling_sisc import SiscModel
+
+    model = SiscModel(config).eval()
+    model.vision_model = encoder.vision_model.eval()
+    return run_probes(model, processor, cache_dir)
 
 
 def train_variant(name, data, num_colors, args) -> dict:
     torch.manual_seed(args.seed)
-    encoder, width = build_variant(name)
-    head = nn.Linear(width, data["train"][1].shape[1])
+    encoder, config = build_variant(name)
+    head = nn.Linear(config.vision_config.hidden_size, data["train"][1].shape[1])
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.01)
     warmup = max(1, args.steps // 10)
@@ -131,9 +144,13 @@ def train_variant(name, data, num_colors, args) -> dict:
             curve.append(point)
             print(f"  {name:<10} step {step:>5}  colour {point['colour_accuracy']:5.1f}%  shape "
                   f"{point['shape_accuracy']:5.1f}%  ({time.time() - start:.0f} s)", flush=True)
-    return {"variant": name, "parameters": sum(p.numel() for p in encoder.parameters()), "curve": curve,
-            "majority_colour_accuracy": 100 * majority[:num_colors].mean().item(),
-            "majority_shape_accuracy": 100 * majority[num_colors:].mean().item()}
+    result = {"variant": name, "parameters": sum(p.numel() for p in encoder.parameters()), "curve": curve,
+              "majority_colour_accuracy": 100 * majority[:num_colors].mean().item(),
+              "majority_shape_accuracy": 100 * majority[num_colors:].mean().item()}
+    if getattr(args, "grounding_probe", False) and name != "cnn":
+        print(f"  {name}: image_grounding.py's probes of the trained tower", flush=True)
+        result["grounding_probe"] = grounding_probe(encoder, config, data["processor"], args.data_cache_dir)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -146,6 +163,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_cache_dir", default="data_cache/shapes")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "shape_learnability.json"))
+    parser.add_argument("--grounding_probe", action="store_true",
+                        help="also run benchmarks/image_grounding.py's linear probes on each trained ViT tower")
     args = parser.parse_args(argv)
     if args.steps < 2 or args.eval_every < 1 or args.batch_size < 1:
         parser.error("--steps must be >= 2, --eval_every and --batch_size >= 1")
@@ -158,6 +177,7 @@ def main(argv=None) -> dict:
     dataset = load_shapes_dataset(shapes_config, cache_dir=args.data_cache_dir)
     processor = build_processor(EncoderArguments())  # the main job's: 64 px images, normalised as in training
     data = {split: labelled_images(dataset[split], processor, colors, shapes) for split in ("train", "test")}
+    data["processor"] = processor
     print(f"{len(data['train'][0])} training / {len(data['test'][0])} test images; {args.steps} steps of batch "
           f"{args.batch_size} per variant, {torch.get_num_threads()} threads", flush=True)
     results = [train_variant(name, data, len(colors), args) for name in args.variants]

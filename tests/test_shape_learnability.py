@@ -38,3 +38,20 @@ def test_every_variant_trains_and_reports_its_curve(data, variant):
     result = train_variant(variant, splits, config.num_colors, args)
     assert [point["step"] for point in result["curve"]] == [1, 2]
     assert 0 <= result["curve"][-1]["shape_accuracy"] <= 100 and result["parameters"] > 0
+
+
+def test_grounding_probe_reads_the_trained_tower(monkeypatch):
+    import torch
+
+    import benchmarks.image_grounding as image_grounding
+    from benchmarks.shape_learnability import build_variant, grounding_probe
+
+    encoder, config = build_variant("hybrid16_max")
+    seen = {}
+    monkeypatch.setattr(image_grounding, "run_probes", lambda model, processor, cache_dir: seen.setdefault("model", model) and [])
+    grounding_probe(encoder, config, None, "unused")
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(seen["model"].encode_image(pixels)[0].last_hidden_state,
+                                   encoder.vision_model.eval()(pixel_values=pixels).last_hidden_state)
+    assert config.vision_conv_stem == [16, 32, 64] and config.image_pooling == "cls"  # the tower, read out by VitReadout
