@@ -4,7 +4,9 @@ With random batches, a contrastive model needs only the coarsest cue that tells 
 shapes data: their colours). Groups of rows that share that cue (`--batch_groups colors`: the same set of colours)
 make every batch hold images that differ only in finer content (which shapes, how many), so ITC and the ITM hard
 negatives must learn it. The order is a permutation of all rows (each row once per epoch) and depends only on the
-seed and the epoch, so a resumed run sees the batches an uninterrupted one would.
+seed and the epoch, so a resumed run sees the batches an uninterrupted one would. On the shapes data it taught the
+small model no shapes and made its ITM head worse (benchmarks/README.md, "Why the main job's image tower does not
+see shapes", part 4), so it is off by default.
 """
 
 from __future__ import annotations
