@@ -100,13 +100,14 @@ def build_variant(name: str):
     return VitReadout(vision_model, readout), config
 
 
-def grounding_probe(encoder, config, processor, cache_dir: str) -> list[dict]:
-    """benchmarks/image_grounding.py's linear probes of a tower trained here: what they report for a tower that is
-    known to see shapes (the probe's own reach)."""
-    try:  # run as a script: benchmarks/ is on the path
-        from image_grounding import run_probes
-    except ImportError:  # imported as benchmarks.shape_learnability (the tests)
-        from benchmarks.image_grounding import run_probes
+def grounding_probe(encoder, config, processor, cache_dir: str, run_probes=None) -> list[dict]:
+    """benchmarks/image_grounding.py's linear probes (`run_probes`) of a tower trained here: what they report for a
+    tower that is known to see shapes (the probe's own reach)."""
+    if run_probes is None:
+        try:  # run as a script: benchmarks/ is on the path
+            from image_grounding import run_probes
+        except ImportError:  # imported as benchmarks.shape_learnability
+            from benchmarks.image_grounding import run_probes
     from modeling_sisc import SiscModel
 
     model = SiscModel(config).eval()

@@ -40,16 +40,14 @@ def test_every_variant_trains_and_reports_its_curve(data, variant):
     assert 0 <= result["curve"][-1]["shape_accuracy"] <= 100 and result["parameters"] > 0
 
 
-def test_grounding_probe_reads_the_trained_tower(monkeypatch):
+def test_grounding_probe_reads_the_trained_tower():
     import torch
 
-    import benchmarks.image_grounding as image_grounding
     from benchmarks.shape_learnability import build_variant, grounding_probe
 
     encoder, config = build_variant("hybrid16_max")
     seen = {}
-    monkeypatch.setattr(image_grounding, "run_probes", lambda model, processor, cache_dir: seen.setdefault("model", model) and [])
-    grounding_probe(encoder, config, None, "unused")
+    grounding_probe(encoder, config, None, "unused", run_probes=lambda model, processor, cache_dir: seen.update(model=model))
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(seen["model"].encode_image(pixels)[0].last_hidden_state,
