@@ -271,3 +271,16 @@ def test_command_line_reads_config_json_from_the_checkpoint(tmp_path):
     card = ModelCard.load(out / "README.md")
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"tr_r1": 50.0, "ir_r1": 25.0}
     assert "`delta`) | 0.75" in card.text and "# cli-card" in card.text
+
+
+@pytest.mark.parametrize("share, end, expected", [
+    (0.0, None, "(ITM, with hard negatives sampled"),
+    (0.5, None, "(ITM, with 50% of its negatives drawn at random, the others hard negatives"),
+    (1.0, 0.0, "moving from 100% to 0% over training"),
+])
+def test_itm_negatives_are_described(tmp_path, share, end, expected):
+    card = render_model_card(
+        tmp_path / "itm", model_config=small_config(itm_random_negatives=share, itm_random_negatives_end=end),
+        metrics={}, dataset_name=None, dataset_description="pairs", num_train_pairs=10, hyperparameters={},
+    )
+    assert expected in card.text

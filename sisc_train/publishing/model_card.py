@@ -270,9 +270,17 @@ def _eval_results(
 
 def _objective_text(config: Mapping[str, Any]) -> str:
     """The losses a model was trained with, from the config's loss weights (a weight of 0 switches a loss off)."""
+    share, end = config.get("itm_random_negatives") or 0.0, config.get("itm_random_negatives_end")
+    hard = "hard negatives sampled from the contrastive similarities"
+    if end is not None:
+        negatives = f"a share of random negatives moving from {share:.0%} to {end:.0%} over training, the others {hard}"
+    elif share:
+        negatives = f"{share:.0%} of its negatives drawn at random, the others {hard}"
+    else:
+        negatives = hard
     parts = [
         ("itc_loss_weight", "image-text contrastive loss (ITC, below)"),
-        ("itm_loss_weight", "image-text matching (ITM, with hard negatives sampled from the contrastive similarities)"),
+        ("itm_loss_weight", f"image-text matching (ITM, with {negatives})"),
         ("mlm_loss_weight", "masked language modelling (MLM)"),
     ]
     used = [text for key, text in parts if config.get(key, 1.0) != 0]
