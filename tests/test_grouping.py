@@ -8,10 +8,6 @@ import pytest
 from sisc_train.data.grouping import GroupedOrder, colors_key, group_keys
 
 
-def rows_of(keys, images):
-    return datasets.Dataset.from_dict({"key": keys, "image_id": images})
-
-
 def test_every_row_once_per_epoch_in_runs_of_one_key():
     keys = [i % 5 for i in range(103)]
     order = GroupedOrder(keys, group_size=4, seed=1)
@@ -60,4 +56,3 @@ def test_keys_from_a_column_or_derived_from_the_scene():
     assert group_keys(rows, "caption") == ["a", "b"]
     with pytest.raises(ValueError, match="no such column.*'colors'"):
         group_keys(rows, "category")
-

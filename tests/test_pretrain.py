@@ -460,3 +460,5 @@ def test_grouped_batches_resume_across_an_epoch_to_the_same_weights(pairs_file, 
               "--resume_from_checkpoint", str(one_go / "checkpoints" / "step_7"))
     with pytest.raises(ValueError, match="no such column"):
         train(pairs_file, tmp_path / "bad", "--batch_groups", "category", "--max_steps", "1")
+    with pytest.raises(ValueError, match="drop --streaming"):  # a stream cannot be ordered: refused, not ignored
+        train(pairs_file, tmp_path / "stream", "--batch_groups", "caption", "--streaming", "--max_steps", "1")

@@ -147,13 +147,17 @@ def check_resume_settings(checkpoint: str, saved: dict | None, current: dict) ->
         return
     # JSON turned the saved tuples into lists; compare like with like
     derived = ("total_steps", "num_processes", "image_tower")  # not flags of their own
+
+    def label(name: str) -> str:
+        return name if name in derived else f"--{name}"
+
     differences = [
-        f"{name if name in derived else '--' + name} {saved.get(name)!r} in the checkpoint, {value!r} now"
+        f"{label(name)} {saved.get(name)!r} in the checkpoint, {value!r} now"
         for name, value in json.loads(json.dumps(current)).items()
         if saved.get(name) != value
     ]
     # flags added later are recorded only when used: one the checkpoint used and this run lacks is a difference too
-    differences += [f"{name if name in derived else '--' + name} {value!r} in the checkpoint, not now"
+    differences += [f"{label(name)} {value!r} in the checkpoint, not now"
                     for name, value in saved.items() if name not in current]
     if differences:
         raise ValueError(

@@ -74,7 +74,8 @@ class Task:
         raise NotImplementedError
 
     def train_order(self, rows, seed: int):
-        """A sampler giving the training rows' order within an epoch (with `set_epoch`); None: a seeded shuffle."""
+        """A sampler giving the training rows' order within an epoch (with `set_epoch`); None: a seeded shuffle (or the
+        stream's own order)."""
         return None
 
     def settings(self) -> dict:
@@ -211,7 +212,7 @@ def train(task: Task, args: TrainingArguments) -> dict:
     with accelerator.main_process_first():
         rows, collator = task.load_data()
     streaming = isinstance(rows, torch.utils.data.IterableDataset)
-    order = None if streaming else task.train_order(rows, args.seed)
+    order = task.train_order(rows, args.seed)  # a task refuses an order it cannot give a stream
     loader = DataLoader(
         rows,
         batch_size=args.per_device_batch_size,

@@ -467,8 +467,8 @@ class PretrainingTask(Task):
         for name in ("itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
-        if self.batch_groups():
-            later.update(batch_groups=self.batch_groups(), batch_group_size=self.data_args.batch_group_size)
+        if self.data_args.batch_groups:
+            later.update(batch_groups=self.data_args.batch_groups, batch_group_size=self.data_args.batch_group_size)
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **later,
                 **{name: getattr(self.data_args, name) for name in DATA_SETTINGS}}
 
@@ -497,17 +497,14 @@ class PretrainingTask(Task):
         check_caption_vocabulary(self.train_rows, self.processor.tokenizer)
         return self.train_rows, PairCollator(self.processor, passthrough=passthrough, relevance_fn=relevance_fn)
 
-    def batch_groups(self) -> str | None:
-        """The key that groups training rows into batches (--batch_groups), None for random batches."""
-        return self.data_args.batch_groups
-
     def train_order(self, rows, seed: int):
-        if not self.batch_groups():
+        key = self.data_args.batch_groups
+        if not key:
             return None
         if self.data_args.streaming:
             raise ValueError("--batch_groups needs the whole training set (it orders every epoch): drop --streaming")
         image_ids = rows["image_id"] if "image_id" in rows.column_names else None
-        return GroupedOrder(group_keys(rows, self.batch_groups()), self.data_args.batch_group_size, seed, image_ids)
+        return GroupedOrder(group_keys(rows, key), self.data_args.batch_group_size, seed, image_ids)
 
     def build_model(self, total_steps: int) -> SiscForPreTraining:
         model = build_model(self.model_args, self.processor, total_steps, self.encoder_args)
@@ -612,7 +609,7 @@ class PretrainingTask(Task):
         write_card(
             self.args, self.model_args, self.data_args, model.config, summary["metrics"], self.data_description,
             len_or_none(self.train_rows), rerank_metrics=summary["rerank_metrics"], fine_tuned_for=self.fine_tuned_for,
-            encoder_args=self.encoder_args, batch_groups=self.batch_groups(),
+            encoder_args=self.encoder_args, batch_groups=self.data_args.batch_groups,
         )
 
     def print_results(self, summary: dict) -> None:
