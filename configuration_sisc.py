@@ -103,6 +103,18 @@ class SiscConfig(PreTrainedConfig):
             Initial value of the learned bias of `"siglip"` (SigLIP's -10: most pairs are negatives).
         itc_loss_weight, itm_loss_weight, mlm_loss_weight (`float`, default 1.0):
             Weights of the three pretraining losses in `SiscForPreTraining`'s total loss.
+        negative_caption_loss_weight (`float`, defaults to 0.0):
+            Weight of `SiscForPreTraining`'s negative-caption loss (0 = off, ALBEF's three losses only): each image
+            against its own caption and a hard negative caption, a copy of it with one word swapped so that it is false
+            of the image (NegCLIP's swaps; the data's `negative_caption` column). It asks the image embedding for what
+            in-batch negatives rarely differ in, e.g. shapes in the embedded dataset.
+        word_prediction_loss_weight (`float`, defaults to 0.0):
+            Weight of `SiscForPreTraining`'s word-prediction loss (0 = off, and the model has no word head): a linear
+            head on the image tower's summary vector predicts which words the caption uses (a softmax over the
+            vocabulary against the caption's bag of words, CLIP's bag-of-words objective as an auxiliary). Its targets
+            are fixed classes, so it teaches the image tower what the contrastive and matching losses cannot start
+            from random weights: both sides of a caption-image comparison must already know a concept before either
+            gets a signal to learn it (the shapes of the embedded dataset).
         mlm_probability (`float`, defaults to 0.15):
             Fraction of text tokens masked for MLM.
         itm_random_negatives (`float`, defaults to 0.0):
@@ -180,6 +192,8 @@ class SiscConfig(PreTrainedConfig):
     itc_loss_weight: float = 1.0
     itm_loss_weight: float = 1.0
     mlm_loss_weight: float = 1.0
+    negative_caption_loss_weight: float = 0.0
+    word_prediction_loss_weight: float = 0.0
     mlm_probability: float = 0.15
     itm_random_negatives: float = 0.0
     itm_random_negatives_end: float | None = None
@@ -266,7 +280,8 @@ class SiscConfig(PreTrainedConfig):
         for field in ("cls_token_id", "sep_token_id", "mask_token_id"):
             if not 0 <= getattr(self, field) < vocab_size:
                 fail(field, f"must be a token id in [0, {vocab_size}), got {getattr(self, field)!r}")
-        for field in ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight"):
+        for field in ("itc_loss_weight", "itm_loss_weight", "mlm_loss_weight", "negative_caption_loss_weight",
+                      "word_prediction_loss_weight"):
             if getattr(self, field) < 0:
                 fail(field, f"must be >= 0, got {getattr(self, field)!r}")
         if not 0.0 <= self.momentum < 1.0:
@@ -416,10 +431,12 @@ class SiscConfig(PreTrainedConfig):
         [SEP]=3, [MASK]=4); pass others together with `vocab_size` for another tokenizer.
 
         Its image tower is a hybrid ViT (`SMALL_IMAGE_TOWER`: a 16-32-64 convolutional stem, the image embedding read
-        out by the maximum over the patch states) and half of its ITM negatives are random: from scratch and in a
-        CPU budget, a plain ViT read out at [CLS] learns colours but not shapes, and its ITM head stays at chance
-        (`benchmarks/README.md`, "Why the main job's image tower does not see shapes"). Pass
-        `vision_conv_stem=None, image_pooling="cls", itm_random_negatives=0.0` for ALBEF's plain recipe.
+        out by the maximum over the patch states), half of its ITM negatives are random, and a word head on the image
+        tower predicts each caption's words (`word_prediction_loss_weight=5`): from scratch and in a CPU budget, a
+        plain ViT read out at [CLS] learns colours but not shapes, its ITM head stays at chance, and the contrastive
+        and matching losses alone give the tower too weak a signal (`benchmarks/README.md`, "Why the main job's image
+        tower does not see shapes"). Pass `**PLAIN_IMAGE_TOWER` (`vision_conv_stem=None, image_pooling="cls",
+        itm_random_negatives=0.0, word_prediction_loss_weight=0.0`) for ALBEF's plain recipe.
         """
         for name, value in SMALL_IMAGE_TOWER.items():
             kwargs.setdefault(name, value)
@@ -452,10 +469,13 @@ class SiscConfig(PreTrainedConfig):
         )
 
 
-# The small model's image tower and ITM negatives (see `SiscConfig.small`); a pretrained tower keeps its own front.
-SMALL_IMAGE_TOWER = {"vision_conv_stem": [16, 32, 64], "image_pooling": "max", "itm_random_negatives": 0.5}
+# The small model's recipe for its random image tower: stem, read-out, ITM negatives, word prediction (see
+# `SiscConfig.small`); a pretrained tower keeps its own front and ALBEF's losses.
+SMALL_IMAGE_TOWER = {"vision_conv_stem": [16, 32, 64], "image_pooling": "max", "itm_random_negatives": 0.5,
+                     "word_prediction_loss_weight": 5.0}
 # ALBEF's plain recipe (the small model's before): benchmarks whose committed numbers were measured with it pin it
-PLAIN_IMAGE_TOWER = {"vision_conv_stem": None, "image_pooling": "cls", "itm_random_negatives": 0.0}
+PLAIN_IMAGE_TOWER = {"vision_conv_stem": None, "image_pooling": "cls", "itm_random_negatives": 0.0,
+                     "word_prediction_loss_weight": 0.0}
 
 SiscConfig.register_for_auto_class()
 

@@ -441,10 +441,13 @@ class SiscForPreTrainingOutput(ModelOutput):
     """Output of `SiscForPreTraining`: the weighted sum `loss` of the three pretraining losses and each of them.
 
     Args:
-        loss: itc_loss_weight * loss_itc + itm_loss_weight * loss_itm + mlm_loss_weight * loss_mlm.
+        loss: itc_loss_weight * loss_itc + itm_loss_weight * loss_itm + mlm_loss_weight * loss_mlm
+            (+ negative_caption_loss_weight * loss_negative_caption + word_prediction_loss_weight * loss_word_prediction).
         loss_itc: regulated image-text contrastive loss (SRCL, or InfoNCE per config).
         loss_itm: image-text matching loss (positives + one hard negative text per image and image per text).
         loss_mlm: masked language modelling loss, predicting masked tokens from the fusion encoder.
+        loss_negative_caption: each image's own caption against its negative caption (`negative_caption_loss`).
+        loss_word_prediction: the caption's words predicted from its image (`word_prediction_loss`).
         itm_logits / itm_labels: (3B, 2) match logits and their 0/1 labels.
         mlm_logits: (B, L, vocab) token logits of the masked captions.
     """
@@ -453,6 +456,8 @@ class SiscForPreTrainingOutput(ModelOutput):
     loss_itc: torch.FloatTensor | None = None
     loss_itm: torch.FloatTensor | None = None
     loss_mlm: torch.FloatTensor | None = None
+    loss_negative_caption: torch.FloatTensor | None = None
+    loss_word_prediction: torch.FloatTensor | None = None
     logits_per_image: torch.FloatTensor | None = None
     logits_per_text: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
@@ -840,8 +845,8 @@ class SiscModel(SiscPreTrainedModel):
     the fusion encoder (ALBEF-style re-ranking).
     """
 
-    # a pretraining checkpoint also holds the MLM head and momentum encoder, which the base model does not use
-    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_encoder\."]
+    # a pretraining checkpoint also holds the MLM head, momentum encoder and word head, which the base model does not use
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_encoder\.", r"^word_head\."]
 
     def __init__(self, config: SiscConfig):
         super().__init__(config)
@@ -1394,11 +1399,18 @@ class SiscForPreTraining(SiscPreTrainedModel):
         "mlm_head.predictions.decoder.weight": "sisc.text_model.embeddings.word_embeddings.weight",
         "mlm_head.predictions.decoder.bias": "mlm_head.predictions.bias",
     }
+    # a checkpoint pretrained with word prediction, loaded with it switched off (retrieval fine-tuning)
+    _keys_to_ignore_on_load_unexpected = [r"^word_head\."]
 
     def __init__(self, config: SiscConfig):
         super().__init__(config)
         self.sisc = SiscModel(config)
         self.mlm_head = BertOnlyMLMHead(config.text_config)
+        # only with the word-prediction loss: it predicts the caption's words from the image summary
+        self.word_head = (
+            nn.Linear(config.vision_config.hidden_size, config.text_config.vocab_size)
+            if config.word_prediction_loss_weight > 0 else None
+        )
         self.post_init()
         # Created after post_init so that it starts as an exact copy of the initialised towers.
         self.momentum_encoder = SiscMomentumEncoder(self.sisc, config) if config.use_momentum_distillation else None
@@ -1565,6 +1577,39 @@ class SiscForPreTraining(SiscPreTrainedModel):
             return F.cross_entropy(logits.float().flatten(0, 1), mlm_labels.flatten(), ignore_index=-100), logits
         return logits.sum() * 0.0, logits  # nothing masked (very short captions): a zero that keeps the graph connected
 
+    def word_prediction_loss(self, image_summary: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The caption's words from its image: cross-entropy of the word head's softmax over the vocabulary against
+        the caption's bag of words (each distinct word of the caption an equal share of the target; special tokens
+        and padding left out). Captions with no word are left out; 0 when none has one."""
+        config = self.config
+        targets = torch.zeros(input_ids.shape[0], config.text_config.vocab_size, device=input_ids.device)
+        targets.scatter_(1, input_ids, attention_mask.to(targets.dtype))
+        special = [config.cls_token_id, config.sep_token_id, config.mask_token_id, config.text_config.pad_token_id]
+        targets[:, [i for i in special if i is not None]] = 0.0
+        words = targets.sum(dim=1)
+        rows = words > 0
+        if not bool(rows.any()):
+            return image_summary.new_zeros((), dtype=torch.float32)
+        log_probs = torch.log_softmax(self.word_head(image_summary[rows]).float(), dim=-1)
+        return -((targets[rows] / words[rows, None]) * log_probs).sum(dim=1).mean()
+
+    def negative_caption_loss(self, image_embeds, text_embeds, negative_input_ids, negative_attention_mask):
+        """Each image against its own caption and its negative caption (a copy with a word swapped that makes it
+        false, NegCLIP-style): cross-entropy over the two scaled cosines, the own caption the target. Rows whose
+        `negative_attention_mask` is all zeros have no negative and are left out; 0 when no row has one."""
+        if negative_input_ids.shape[0] != image_embeds.shape[0]:
+            raise ValueError(f"negative_input_ids has {negative_input_ids.shape[0]} rows for a batch of {image_embeds.shape[0]} pairs")
+        if negative_attention_mask is None:
+            negative_attention_mask = torch.ones_like(negative_input_ids)
+        rows = negative_attention_mask.bool().any(dim=1).nonzero().flatten()
+        if rows.numel() == 0:
+            return image_embeds.new_zeros((), dtype=torch.float32)
+        negative_embeds = self.sisc.encode_text(negative_input_ids[rows], negative_attention_mask[rows])[1]
+        image = image_embeds[rows]
+        cosines = torch.stack([(image * text_embeds[rows]).sum(-1), (image * negative_embeds).sum(-1)], dim=1)
+        logits = self.sisc.logit_scale_value() * cosines
+        return F.cross_entropy(logits.float(), torch.zeros(rows.numel(), dtype=torch.long, device=logits.device))
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1581,6 +1626,8 @@ class SiscForPreTraining(SiscPreTrainedModel):
         mlm_labels: torch.LongTensor | None = None,
         false_negative_mask: torch.Tensor | None = None,
         itm_random_negatives: float | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
         **kwargs,
@@ -1593,6 +1640,9 @@ class SiscForPreTraining(SiscPreTrainedModel):
                 used as contrastive or ITM negatives (the oracle baseline of the false-negative benchmark).
             itm_random_negatives: this step's share of uniformly drawn ITM negatives (default the config's; the
                 trainer passes `config.itm_random_share_at(step)` for a curriculum).
+            negative_input_ids / negative_attention_mask: (batch, L') a negative caption of each pair's image, for
+                the negative-caption loss (`negative_caption_loss_weight` > 0, which then needs them); a row whose
+                mask is all zeros has none.
 
         A loss whose weight in the config is 0 (`itm_loss_weight`, `mlm_loss_weight`) is not computed at all: it is
         returned as 0 and its logits as None.
@@ -1645,6 +1695,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
         zero = image_embeds.new_zeros((), dtype=torch.float32)
         itm_logits = itm_labels = mlm_logits = None
         loss_itm = loss_mlm = zero
+        loss_negative_caption = loss_word_prediction = None
 
         if config.itm_loss_weight > 0:
             loss_itm, itm_logits, itm_labels = self.itm_loss(
@@ -1659,11 +1710,26 @@ class SiscForPreTraining(SiscPreTrainedModel):
         loss = (
             config.itc_loss_weight * loss_itc + config.itm_loss_weight * loss_itm + config.mlm_loss_weight * loss_mlm
         )
+        if config.negative_caption_loss_weight > 0:
+            if negative_input_ids is None:
+                raise ValueError(
+                    "negative_caption_loss_weight > 0 needs negative captions (negative_input_ids): a data column "
+                    "'negative_caption' (the embedded shapes data derives one), or set the weight to 0"
+                )
+            loss_negative_caption = self.negative_caption_loss(
+                image_embeds, text_embeds, negative_input_ids, negative_attention_mask
+            )
+            loss = loss + config.negative_caption_loss_weight * loss_negative_caption
+        if self.word_head is not None:
+            loss_word_prediction = self.word_prediction_loss(sisc.image_summary(vision_outputs), input_ids, attention_mask)
+            loss = loss + config.word_prediction_loss_weight * loss_word_prediction
         output = SiscForPreTrainingOutput(
             loss=loss,
             loss_itc=loss_itc,
             loss_itm=loss_itm,
             loss_mlm=loss_mlm,
+            loss_negative_caption=loss_negative_caption,
+            loss_word_prediction=loss_word_prediction,
             logits_per_image=logits_per_text.t(),
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
@@ -1751,7 +1817,7 @@ class _SiscTaskModel(SiscPreTrainedModel):
     """Shared loading rule of the task models: weights a checkpoint does not have (a pretraining checkpoint has no
     task head) start from the pretrained parts they are copies of (`_init_missing_from_pretrained`)."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_encoder\.", r"^sisc\.itm_head\."]
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^momentum_encoder\.", r"^sisc\.itm_head\.", r"^word_head\."]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

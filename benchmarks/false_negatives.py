@@ -106,7 +106,8 @@ T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 
 
 # The warm start of the committed results: the plain ViT read at [CLS] with ALBEF's ITM negatives (the small model's
 # defaults then; students and teacher inherit its config).
-PLAIN_WARM_START = ["--vision_conv_stem", "0", "--image_pooling", "cls", "--itm_random_negatives", "0"]
+PLAIN_WARM_START = ["--vision_conv_stem", "0", "--image_pooling", "cls", "--itm_random_negatives", "0",
+                    "--word_prediction_loss_weight", "0"]
 
 
 def common_arguments(args) -> list[str]:

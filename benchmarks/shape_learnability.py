@@ -23,6 +23,11 @@ Variants (each trained alone from the same seed and the same batches):
     hybrid_max that hybrid read out by the maximum over its patch states (`image_pooling="max"`);
     hybrid16_max the small model's tower now: the 16-32-64 stem, max read-out (`SMALL_IMAGE_TOWER`);
     cnn        a reference: a three-layer CNN with max pooling (32-64-128 channels, ~93k parameters), global max.
+
+`--targets caption_words` trains on what pretraining has instead of labels: every (image, caption) pair with the
+caption's words as its targets (multi-label over the vocabulary, the same binary cross-entropy; the word-prediction
+loss of `SiscConfig.word_prediction_loss_weight` with the tower alone). The towers are then scored by
+image_grounding.py's linear probes (`--grounding_probe` is implied), as a pretrained tower is.
 Results also go to benchmarks/results/shape_learnability.json.
 """
 
@@ -42,6 +47,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where resu
 
 VARIANTS = ("vit_cls", "vit_mean", "vit_max", "vit_patch4", "hybrid_cls", "hybrid_max", "hybrid16_max", "cnn")
 DEFAULT_VARIANTS = ("vit_cls", "vit_max", "hybrid_cls", "hybrid_max", "cnn")  # vit_patch4 costs as much as four others
+
+
+def caption_word_targets(split, processor):
+    """(pixel values, 0/1 targets over the vocabulary: the words of its caption) of every pair of a shapes split."""
+    tokenizer = processor.tokenizer
+    pixels = processor.image_processor(images=list(split["image"]), return_tensors="pt")["pixel_values"]
+    tokens = tokenizer(list(split["caption"]), return_tensors="pt", padding=True)
+    targets = torch.zeros(len(split), len(tokenizer))
+    targets.scatter_(1, tokens["input_ids"], tokens["attention_mask"].float())
+    targets[:, tokenizer.all_special_ids] = 0.0
+    return pixels, targets
 
 
 def labelled_images(split, processor, colors, shapes):
@@ -126,7 +142,8 @@ def train_variant(name, data, num_colors, args) -> dict:
         optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / (args.steps - warmup))))
     train_x, train_y = data["train"]
     test_x, test_y = data["test"]
-    majority = ((train_y.mean(0) > 0.5).float() == test_y).float().mean(0)
+    labels = args.targets == "labels"
+    majority = ((train_y.mean(0) > 0.5).float() == test_y).float().mean(0) if labels else None
     order = torch.Generator().manual_seed(args.seed)
     curve, start = [], time.time()
     for step in range(1, args.steps + 1):
@@ -136,6 +153,11 @@ def train_variant(name, data, num_colors, args) -> dict:
         loss.backward()
         optimizer.step()
         schedule.step()
+        if not labels:  # no labels to score against: the probes at the end do
+            if step % args.eval_every == 0 or step == args.steps:
+                curve.append({"step": step, "train_loss": loss.item(), "seconds": time.time() - start})
+                print(f"  {name:<10} step {step:>5}  loss {loss.item():.4f}  ({time.time() - start:.0f} s)", flush=True)
+            continue
         if step % args.eval_every == 0 or step == args.steps:
             encoder.eval()
             with torch.no_grad():
@@ -148,10 +170,11 @@ def train_variant(name, data, num_colors, args) -> dict:
             curve.append(point)
             print(f"  {name:<10} step {step:>5}  colour {point['colour_accuracy']:5.1f}%  shape "
                   f"{point['shape_accuracy']:5.1f}%  ({time.time() - start:.0f} s)", flush=True)
-    result = {"variant": name, "parameters": sum(p.numel() for p in encoder.parameters()), "curve": curve,
-              "majority_colour_accuracy": 100 * majority[:num_colors].mean().item(),
-              "majority_shape_accuracy": 100 * majority[num_colors:].mean().item()}
-    if getattr(args, "grounding_probe", False) and name != "cnn":
+    result = {"variant": name, "parameters": sum(p.numel() for p in encoder.parameters()), "curve": curve}
+    if labels:
+        result["majority_colour_accuracy"] = 100 * majority[:num_colors].mean().item()
+        result["majority_shape_accuracy"] = 100 * majority[num_colors:].mean().item()
+    if (getattr(args, "grounding_probe", False) or not labels) and name != "cnn":
         print(f"  {name}: image_grounding.py's probes of the trained tower", flush=True)
         result["grounding_probe"] = grounding_probe(encoder, config, data["processor"], args.data_cache_dir)
     return result
@@ -167,11 +190,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_cache_dir", default="data_cache/shapes")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "shape_learnability.json"))
+    parser.add_argument("--targets", choices=("labels", "caption_words"), default="labels",
+                        help="what the tower learns from: the scenes' colour / shape labels, or its captions' words")
     parser.add_argument("--grounding_probe", action="store_true",
                         help="also run benchmarks/image_grounding.py's linear probes on each trained ViT tower")
     args = parser.parse_args(argv)
     if args.steps < 2 or args.eval_every < 1 or args.batch_size < 1:
         parser.error("--steps must be >= 2, --eval_every and --batch_size >= 1")
+    if args.targets == "caption_words" and "cnn" in args.variants:
+        parser.error("--targets caption_words scores ViT towers with image_grounding.py's probes: drop cnn")
 
     from sisc_train.tasks.encoders import EncoderArguments, build_processor
     from sisc_train.synthetic.shapes import COLORS, SHAPES, ShapesConfig, load_shapes_dataset
@@ -181,12 +208,14 @@ def main(argv=None) -> dict:
     dataset = load_shapes_dataset(shapes_config, cache_dir=args.data_cache_dir)
     processor = build_processor(EncoderArguments())  # the main job's: 64 px images, normalised as in training
     data = {split: labelled_images(dataset[split], processor, colors, shapes) for split in ("train", "test")}
+    if args.targets == "caption_words":
+        data["train"] = caption_word_targets(dataset["train"], processor)
     data["processor"] = processor
     print(f"{len(data['train'][0])} training / {len(data['test'][0])} test images; {args.steps} steps of batch "
           f"{args.batch_size} per variant, {torch.get_num_threads()} threads", flush=True)
     results = [train_variant(name, data, len(colors), args) for name in args.variants]
     print("\nvariant      parameters  colour  shape  (majority: colour / shape)")
-    for result in results:
+    for result in results if args.targets == "labels" else ():
         last = result["curve"][-1]
         print(f"{result['variant']:<12} {result['parameters']:>10,}  {last['colour_accuracy']:5.1f}%  "
               f"{last['shape_accuracy']:5.1f}%  ({result['majority_colour_accuracy']:.1f}% / "

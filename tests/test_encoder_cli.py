@@ -188,13 +188,17 @@ def test_the_small_model_defaults_to_the_hybrid_tower_and_0_gives_the_plain_vit(
     config = json.load(open(tmp_path / "default" / "config.json"))
     assert {name: config[name] for name in SMALL_IMAGE_TOWER} == SMALL_IMAGE_TOWER
     pretrain.main([*base, "--output_dir", str(tmp_path / "plain"), "--vision_conv_stem", "0", "--image_pooling", "cls",
-                   "--itm_random_negatives", "0", "--checkpointing_steps", "1"])
+                   "--itm_random_negatives", "0", "--word_prediction_loss_weight", "0", "--checkpointing_steps", "1"])
     config = json.load(open(tmp_path / "plain" / "config.json"))
     assert config["vision_conv_stem"] is None and config["image_pooling"] == "cls" and config["itm_random_negatives"] == 0
-    # a resume must build the tower its checkpoint has: the plain run's checkpoint is refused with the defaults
-    with pytest.raises(ValueError, match="image_tower"):
+    assert config["word_prediction_loss_weight"] == 0
+    # a resume must build the tower (and word head) its checkpoint has: the plain run's checkpoint is refused with
+    # the defaults
+    with pytest.raises(ValueError) as refused:
         pretrain.main([*base, "--output_dir", str(tmp_path / "plain"), "--resume_from_checkpoint", "latest"])
+    assert "image_tower" in str(refused.value) and "word_prediction_loss_weight" in str(refused.value)
     # a pretrained image tower keeps its own patch projection and [CLS]
     pretrain.main([*base, "--output_dir", str(tmp_path / "vit"), "--vision_model_name_or_path", str(encoders / "vit")])
     config = json.load(open(tmp_path / "vit" / "config.json"))
     assert config["vision_conv_stem"] is None and config["image_pooling"] == "cls"
+    assert config["word_prediction_loss_weight"] == 0

@@ -284,3 +284,18 @@ def test_itm_negatives_are_described(tmp_path, share, end, expected):
         metrics={}, dataset_name=None, dataset_description="pairs", num_train_pairs=10, hyperparameters={},
     )
     assert expected in card.text
+
+
+def test_auxiliary_losses_are_named_only_when_on(tmp_path):
+    def objective(**overrides):
+        return render_model_card(
+            tmp_path / "aux", model_config=small_config(**overrides), metrics={}, dataset_name=None,
+            dataset_description="pairs", num_train_pairs=10, hyperparameters={},
+        ).text
+
+    plain = objective(word_prediction_loss_weight=0.0)  # the small model's default has word prediction on
+    assert "as in ALBEF" in plain and "word prediction" not in plain and "negative-caption" not in plain
+    both = objective(word_prediction_loss_weight=2.0, negative_caption_loss_weight=0.5)
+    assert "word prediction (the caption's words predicted from the image), weight 2" in both
+    assert "negative-caption loss (each image against its caption with one word swapped), weight 0.5" in both
+    assert "as in ALBEF" not in both

@@ -221,6 +221,76 @@ def test_pretraining_loss_is_the_weighted_sum_and_itm_layout():
     assert out.logits_per_text.shape == (4, 4)
 
 
+def test_negative_caption_loss_by_hand_and_in_the_total():
+    torch.manual_seed(2)
+    model = SiscForPreTraining(tiny_config(negative_caption_loss_weight=0.5)).eval()
+    batch = pairs(4)
+    negative_ids, negative_mask = make_text(4, length=8, seed=5)
+    negative_mask[2] = 0  # pair 2 has no negative caption
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(**batch, negative_input_ids=negative_ids, negative_attention_mask=negative_mask)
+        image = model.sisc.get_image_features(batch["pixel_values"])
+        text = model.sisc.get_text_features(batch["input_ids"], batch["attention_mask"])
+        rows = [0, 1, 3]
+        negative = model.sisc.get_text_features(negative_ids[rows], negative_mask[rows])
+    scale = model.sisc.logit_scale_value().item()
+    expected = sum(
+        -math.log(1 / (1 + math.exp(scale * (image[r] @ negative[k] - image[r] @ text[r]).item()))) for k, r in enumerate(rows)
+    ) / 3
+    assert out.loss_negative_caption.item() == pytest.approx(expected, rel=1e-4)
+    torch.testing.assert_close(out.loss, out.loss_itc + out.loss_itm + out.loss_mlm + 0.5 * out.loss_negative_caption)
+
+
+def test_negative_caption_loss_is_off_by_default_needed_when_on_and_teaches_the_image_tower():
+    torch.manual_seed(2)
+    batch = pairs(3)
+    negative_ids, negative_mask = make_text(3, length=8, seed=5)
+    plain = SiscForPreTraining(tiny_config()).eval()
+    assert plain(**batch, negative_input_ids=negative_ids).loss_negative_caption is None  # weight 0: not computed
+    model = SiscForPreTraining(tiny_config(negative_caption_loss_weight=1.0, itc_loss_weight=0.0, itm_loss_weight=0.0,
+                                           mlm_loss_weight=0.0))
+    with pytest.raises(ValueError, match="negative_caption"):
+        model(**batch)
+    none = model(**batch, negative_input_ids=negative_ids, negative_attention_mask=torch.zeros_like(negative_mask))
+    assert none.loss_negative_caption.item() == 0.0
+    model(**batch, negative_input_ids=negative_ids, negative_attention_mask=negative_mask).loss.backward()
+    assert model.sisc.vision_model.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="negative_input_ids has 2 rows"):
+        model(**batch, negative_input_ids=negative_ids[:2])
+    with pytest.raises(ValueError, match="negative_caption_loss_weight"):
+        tiny_config(negative_caption_loss_weight=-1.0)
+
+
+def test_word_prediction_loss_by_hand_and_in_the_total():
+    torch.manual_seed(2)
+    model = SiscForPreTraining(tiny_config(word_prediction_loss_weight=0.5)).eval()
+    ids = torch.tensor([[CLS, 7, 8, 7, SEP, PAD], [CLS, 9, SEP, PAD, PAD, PAD], [CLS, SEP, PAD, PAD, PAD, PAD]])
+    mask = (ids != PAD).long()
+    pixels = make_pixels(3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        summary = model.sisc.image_summary(model.sisc.encode_image(pixels)[0])
+        log_probs = torch.log_softmax(model.word_head(summary), dim=-1)
+    # caption 0 uses words 7 and 8 (7 twice: a bag of words counts it once), caption 1 word 9, caption 2 none: left out
+    expected = (-(log_probs[0, 7] + log_probs[0, 8]) / 2 - log_probs[1, 9]) / 2
+    assert out.loss_word_prediction.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(out.loss, out.loss_itc + out.loss_itm + out.loss_mlm + 0.5 * out.loss_word_prediction)
+
+
+def test_word_prediction_is_off_by_default_and_teaches_the_image_tower():
+    torch.manual_seed(2)
+    plain = SiscForPreTraining(tiny_config())
+    assert plain.word_head is None and plain(**pairs(2)).loss_word_prediction is None
+    model = SiscForPreTraining(tiny_config(word_prediction_loss_weight=1.0, itc_loss_weight=0.0, itm_loss_weight=0.0,
+                                           mlm_loss_weight=0.0))
+    model(**pairs(3)).loss.backward()
+    assert model.sisc.vision_model.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="word_prediction_loss_weight"):
+        tiny_config(word_prediction_loss_weight=-1.0)
+
+
 def test_hard_negatives_never_pick_a_positive_on_a_crafted_similarity(pretraining_model):
     image_ids = torch.tensor([0, 0, 1, 2])  # pairs 0 and 1 show the same image
     not_negative = torch.eye(4, dtype=torch.bool) | (image_ids[:, None] == image_ids[None, :])

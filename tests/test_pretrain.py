@@ -462,3 +462,37 @@ def test_grouped_batches_resume_across_an_epoch_to_the_same_weights(pairs_file, 
         train(pairs_file, tmp_path / "bad", "--batch_groups", "category", "--max_steps", "1")
     with pytest.raises(ValueError, match="drop --streaming"):  # a stream cannot be ordered: refused, not ignored
         train(pairs_file, tmp_path / "stream", "--batch_groups", "caption", "--streaming", "--max_steps", "1")
+
+
+@pytest.fixture(scope="module")
+def negatives_file(tmp_path_factory):
+    """One caption per row and a `negative_caption` false of the image ("" for every third row: none)."""
+    folder = tmp_path_factory.mktemp("negatives")
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 30)}
+    rows = []
+    for i in range(24):
+        name, other = list(colours)[i % 4], list(colours)[(i + 1) % 4]
+        Image.new("RGB", (20, 20), colours[name]).save(folder / f"img{i}.png")
+        rows.append({"image": f"img{i}.png", "caption": f"a {name} square", "negative_caption": "" if i % 3 == 0 else f"a {other} square"})
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_collator_tokenizes_negative_captions_and_masks_missing_ones(negatives_file):
+    from processing_sisc import build_default_processor
+    from sisc_train.data.pairs import PairCollator, load_pairs
+
+    rows = load_pairs(negatives_file)
+    batch = PairCollator(build_default_processor(image_size=16))([rows[i] for i in range(4)])
+    assert batch["negative_input_ids"].shape[0] == 4
+    assert batch["negative_attention_mask"].any(dim=1).tolist() == [False, True, True, False]
+
+
+def test_negative_caption_loss_trains_from_the_data_column_and_needs_it(negatives_file, pairs_file, tmp_path):
+    train(negatives_file, tmp_path / "negatives", "--negative_caption_loss_weight", "1", "--max_steps", "2")
+    summary = json.load(open(tmp_path / "negatives" / "results.json"))
+    assert all(entry["loss_negative_caption"] > 0 for entry in summary["history"])
+    assert json.load(open(tmp_path / "negatives" / "config.json"))["negative_caption_loss_weight"] == 1.0
+    with pytest.raises(ValueError, match="no 'negative_caption' column"):
+        train(pairs_file, tmp_path / "none", "--negative_caption_loss_weight", "1", "--max_steps", "1")

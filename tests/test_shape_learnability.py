@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks.shape_learnability import VARIANTS, labelled_images, train_variant
+from benchmarks.shape_learnability import VARIANTS, caption_word_targets, labelled_images, train_variant
 from sisc_train.synthetic.shapes import COLORS, SHAPES, ShapesConfig, load_shapes_dataset
 from sisc_train.tasks.encoders import EncoderArguments, build_processor
 
@@ -34,7 +34,7 @@ def test_labels_are_the_colours_and_shapes_of_each_image_once(data):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_and_reports_its_curve(data, variant):
     splits, _, config = data
-    args = argparse.Namespace(seed=0, learning_rate=1e-3, steps=2, batch_size=4, eval_every=1)
+    args = argparse.Namespace(seed=0, learning_rate=1e-3, steps=2, batch_size=4, eval_every=1, targets="labels")
     result = train_variant(variant, splits, config.num_colors, args)
     assert [point["step"] for point in result["curve"]] == [1, 2]
     assert 0 <= result["curve"][-1]["shape_accuracy"] <= 100 and result["parameters"] > 0
@@ -53,3 +53,22 @@ def test_grounding_probe_reads_the_trained_tower():
         torch.testing.assert_close(seen["model"].encode_image(pixels)[0].last_hidden_state,
                                    encoder.vision_model.eval()(pixel_values=pixels).last_hidden_state)
     assert config.vision_conv_stem == [16, 32, 64] and config.image_pooling == "cls"  # the tower, read out by VitReadout
+
+
+def test_caption_words_train_the_tower_and_the_probes_score_it(data, monkeypatch):
+    import benchmarks.shape_learnability as module
+
+    splits, dataset, config = data
+    processor = build_processor(EncoderArguments())
+    pixels, targets = caption_word_targets(dataset["train"], processor)
+    assert pixels.shape[0] == targets.shape[0] == len(dataset["train"])  # every pair, not every image
+    words = set(processor.tokenizer.convert_ids_to_tokens(targets[0].nonzero().flatten().tolist()))
+    assert words == set(dataset["train"][0]["caption"].split()) - {","}  # its caption's words, no special tokens
+    probed = []
+    monkeypatch.setattr(module, "grounding_probe", lambda encoder, *rest: probed.append(encoder) or [{"probe": 1}])
+    args = argparse.Namespace(seed=0, learning_rate=1e-3, steps=2, batch_size=4, eval_every=1, targets="caption_words",
+                              data_cache_dir="unused")
+    result = train_variant("hybrid16_max", {**splits, "train": (pixels, targets), "processor": processor},
+                           config.num_colors, args)
+    assert [point["step"] for point in result["curve"]] == [1, 2] and "shape_accuracy" not in result["curve"][0]
+    assert len(probed) == 1 and result["grounding_probe"] == [{"probe": 1}]

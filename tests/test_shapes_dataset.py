@@ -372,3 +372,57 @@ def test_bundled_examples_are_consistent():
         truth = [names[i] for i in np.flatnonzero(relevance_matrix([item["caption_facts"]], scenes)[0])]
         assert truth == item["relevant_images"] and item["image"] in truth
     assert any(len(item["relevant_images"]) > 1 for item in details["captions"] if item["partial"])
+
+
+# ------------------------------------------------------------------------------------------------ caption negatives
+
+
+def test_caption_negative_swaps_one_shape_and_is_false_of_the_scene():
+    rows = generate_split_rows(tiny(num_train=150, partial_caption_prob=0.5), "train")
+    kinds = Counter()
+    for text, facts_json, scene_json in zip(rows["caption"], rows["caption_facts"], rows["scene"]):
+        negative = sd.caption_negative(text, facts_json, scene_json, random.Random(0), SHAPES[:6], COLORS[:8])
+        f = json.loads(facts_json)
+        stated = f["objects"] + f["counts"]
+        key = "shape" if any(o["shape"] for o in stated) else "color"
+        if not negative:  # only captions naming neither a shape nor a colour ("there are two objects")
+            assert not any(o["color"] or o["shape"] for o in stated), text
+            kinds["none"] += 1
+            continue
+        kinds[key] += 1
+
+        def named(caption):  # the shapes (or colours) a caption names
+            words = _words(caption)
+            return {_PLURALS.get(w, w) for w in words if w in SHAPES or w in _PLURALS} if key == "shape" else set(words) & set(COLORS)
+
+        changed = (set(_words(negative)) ^ set(_words(text))) - {"a", "an"}  # articles follow the swapped word
+        assert changed and changed <= set(SHAPES) | set(_PLURALS) | set(COLORS), (text, negative)
+        (old,) = named(text) - named(negative)  # one word swapped, wherever it occurs
+        swaps = named(negative) - named(text) or named(negative)  # or into a word the caption already had
+        swapped = [json.loads(json.dumps(f)) for _ in swaps]
+        for new_facts, new in zip(swapped, swaps):
+            for o in new_facts["objects"] + new_facts["counts"]:
+                o[key] = new if o[key] == old else o[key]
+        assert any(not caption_matches(g, scene_json) for g in swapped), (text, negative)
+    assert kinds["shape"] > 5 * kinds["color"] > 0 and kinds["none"] > 0
+
+
+def test_caption_negative_fits_the_article_and_gives_up_when_nothing_is_false():
+    one_orange = scene(("orange", "circle", "large", 0, 0))
+    colour_only = facts([obj(color="orange")])
+    negative = sd.caption_negative("an orange object", colour_only, one_orange, random.Random(0), colors=("orange", "red"))
+    assert negative == "a red object"
+    # every shape of the vocabulary is in the scene: swapping "circle" keeps the caption true, so colours are tried
+    two = scene(("red", "circle", "large", 0, 0), ("red", "star", "large", 1, 1))
+    negative = sd.caption_negative("a red circle", facts([obj("red", "circle")]), two, random.Random(0),
+                                   shapes=("circle", "star"), colors=("red", "blue"))
+    assert negative == "a blue circle"
+    assert sd.caption_negative("there are two objects", facts(total=2), two, random.Random(0)) == ""
+
+
+def test_with_caption_negatives_is_deterministic(tmp_path):
+    config = tiny()
+    split = load_shapes_dataset(config, cache_dir=str(tmp_path))["train"]
+    first = sd.with_caption_negatives(split, config)["negative_caption"]
+    assert first == sd.with_caption_negatives(split, config)["negative_caption"]
+    assert sum(bool(n) for n in first) >= len(first) - 3

@@ -353,12 +353,20 @@ class PairCollator:
     Extra numeric columns listed in `passthrough` (e.g. cached teacher embeddings) are stacked into tensors.
     `relevance_fn(rows) -> bool array (captions x images)`, when the data knows its ground truth, adds the batch's
     `relevance` matrix for the false-negative diagnostics.
+    Rows with a `negative_caption` (a caption false of the row's image, for the negative-caption loss) add
+    `negative_input_ids` / `negative_attention_mask`; an empty one gets an all-zero mask row (no negative).
     """
 
     def __init__(self, processor, passthrough: tuple[str, ...] = (), relevance_fn=None):
         self.processor = processor
         self.passthrough = passthrough
         self.relevance_fn = relevance_fn
+
+    def negative_captions(self, rows: list[dict]) -> dict:
+        texts = [(row.get("negative_caption") or "").strip() for row in rows]
+        tokens = self.processor.tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+        mask = tokens["attention_mask"] * torch.tensor([[bool(text)] for text in texts], dtype=tokens["attention_mask"].dtype)
+        return {"negative_input_ids": tokens["input_ids"], "negative_attention_mask": mask}
 
     def __call__(self, rows: list[dict]) -> dict:
         kept, images, reasons = [], [], SkipReasons()
@@ -392,6 +400,8 @@ class PairCollator:
         batch["caption_ids"] = torch.tensor([caption_id(kept[i]["caption"]) for i in order], dtype=torch.long)
         for name in self.passthrough:
             batch[name] = torch.tensor([kept[i][name] for i in order], dtype=torch.float32)
+        if "negative_caption" in kept[0]:
+            batch.update(self.negative_captions([kept[i] for i in order]))
         if self.relevance_fn is not None:
             batch["relevance"] = torch.as_tensor(self.relevance_fn([kept[i] for i in order]), dtype=torch.bool)
         batch["num_seen"] = torch.tensor(len(rows))

@@ -285,8 +285,14 @@ def _objective_text(config: Mapping[str, Any]) -> str:
     ]
     used = [text for key, text in parts if config.get(key, 1.0) != 0]
     off = [key.split("_")[0].upper() for key, _ in parts if config.get(key, 1.0) == 0]
+    # the auxiliary losses beyond ALBEF's three: named only when on (they are off by default)
+    extra = [(key, text) for key, text in (
+        ("negative_caption_loss_weight", "a negative-caption loss (each image against its caption with one word swapped)"),
+        ("word_prediction_loss_weight", "word prediction (the caption's words predicted from the image)"),
+    ) if config.get(key, 0.0) > 0]
+    used += [f"{text}, weight {config[key]:g}" for key, text in extra]
     text = " + ".join(used) if used else "not recorded"
-    return text + (f"; {' and '.join(off)} switched off" if off else ", as in ALBEF")
+    return text + (f"; {' and '.join(off)} switched off" if off else "" if extra else ", as in ALBEF")
 
 
 def _result_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:

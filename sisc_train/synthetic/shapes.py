@@ -68,6 +68,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -653,6 +654,62 @@ def batch_relevance(rows: Sequence[dict]) -> np.ndarray:
     """(n, n) ground truth of a batch of rows (each with `caption_facts` and `scene`): [i, j] = caption i is true
     of image j. The diagonal is always True. Used by the training collator for false-negative diagnostics."""
     return relevance_matrix([r["caption_facts"] for r in rows], [r["scene"] for r in rows])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# caption negatives: a caption false of its image that differs from the true one in one word
+
+
+def _swap_word(text: str, old: str, new: str) -> str:
+    """`old` -> `new` as whole words (plurals too), then every article fitted to its next word ("an orange" -> "a red")."""
+    text = re.sub(rf"\b{re.escape(plural(old))}\b", plural(new), text)
+    text = re.sub(rf"\b{re.escape(old)}\b", new, text)
+    return re.sub(r"\b(a|an) (\w+)", lambda m: _with_article(m.group(2)), text)
+
+
+def _swap_fact(facts: dict, key: str, old: str, new: str) -> dict:
+    swapped = json.loads(json.dumps(facts))
+    for fact in swapped["objects"] + swapped["counts"]:
+        if fact.get(key) == old:
+            fact[key] = new
+    return swapped
+
+
+def caption_negative(caption: str, caption_facts: dict | str, scene: dict | str, rng: random.Random,
+                     shapes: Sequence[str] = SHAPES, colors: Sequence[str] = COLORS) -> str:
+    """A hard negative caption for contrastive training (NegCLIP-style word swap): one shape the caption names
+    replaced by another shape ("a red star" -> "a red circle"), or, when it names no shape, one colour by another;
+    checked (`caption_matches`) to be false of the caption's own scene. "" when no swap makes it false.
+
+    Shapes come first because they are what a from-scratch image tower learns last: in-batch negatives almost
+    always differ in colour or count, so nothing asks the image embedding for shapes (benchmarks/README.md)."""
+    facts = json.loads(caption_facts) if isinstance(caption_facts, str) else caption_facts
+    stated = facts["objects"] + facts["counts"]
+    for key, vocabulary in (("shape", shapes), ("color", colors)):
+        named = sorted({fact[key] for fact in stated if fact.get(key)})
+        rng.shuffle(named)
+        for old in named:
+            for new in rng.sample([w for w in vocabulary if w != old], len(vocabulary) - 1):
+                if not caption_matches(_swap_fact(facts, key, old, new), scene):
+                    return _swap_word(caption, old, new)
+    return ""
+
+
+def with_caption_negatives(split, config: ShapesConfig):
+    """The split with a `negative_caption` column (`caption_negative` of each row within the config's shapes and
+    colours, "" where there is none), drawn per (seed, image, caption): the same on every run. datasets caches the
+    result beside the split."""
+    shapes, colors = SHAPES[: config.num_shapes], COLORS[: config.num_colors]
+
+    def add(batch):
+        negatives = []
+        for caption, facts, scene, image_id, index in zip(batch["caption"], batch["caption_facts"], batch["scene"],
+                                                          batch["image_id"], batch["caption_index"]):
+            rng = random.Random(f"{config.seed}:negative:{image_id}:{index}")
+            negatives.append(caption_negative(caption, facts, scene, rng, shapes, colors))
+        return {"negative_caption": negatives}
+
+    return split.map(add, batched=True, desc="caption negatives")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -173,9 +173,10 @@ def new_model_config(encoder_args: EncoderArguments, tokenizer, **config_kwargs)
             config_kwargs.setdefault(name, getattr(encoder_args, name))
     if config_kwargs.get("vision_conv_stem") == [0]:  # --vision_conv_stem 0: the plain linear patch projection
         config_kwargs["vision_conv_stem"] = None
-    if encoder_args.vision_model_name_or_path:  # the small preset's stem and max read-out are for its random tower
+    if encoder_args.vision_model_name_or_path:  # the small preset's stem, read-out and word head are for its random tower
         config_kwargs.setdefault("vision_conv_stem", None)
         config_kwargs.setdefault("image_pooling", "cls")
+        config_kwargs.setdefault("word_prediction_loss_weight", 0.0)
     kind = encoder_args.model_config or "small"
     image_size = encoder_args.image_size if encoder_args.image_size is not None else resolve_image_size(encoder_args)
     if kind == "small":

@@ -67,7 +67,7 @@ from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
 from sisc_train.loop.arguments import TrainingArguments, parse_args
 from sisc_train.loop.trainer import Task, train
 from sisc_train.publishing.model_card import render_model_card
-from sisc_train.synthetic.shapes import ShapesConfig, batch_relevance, load_shapes_dataset
+from sisc_train.synthetic.shapes import ShapesConfig, batch_relevance, load_shapes_dataset, with_caption_negatives
 from sisc_train.tasks.encoders import (
     ENCODER_SETTINGS,
     EncoderArguments,
@@ -125,8 +125,19 @@ class ModelArguments:
     mlm_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight of the MLM loss (0 switches it off; default: the config's)."}
     )
+    negative_caption_loss_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the negative-caption loss: each image against its caption and a copy with one word "
+                          "swapped (the data's 'negative_caption' column; the shapes data derives one). 0 switches it off; "
+                          "default: the config's."},
+    )
     itm_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight of the ITM loss (0 switches it off; default: the config's)."}
+    )
+    word_prediction_loss_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the word-prediction loss: the caption's words predicted from the image by a linear "
+                          "head (CLIP's bag-of-words objective as an auxiliary; 0 switches it off; default: the config's)."},
     )
     itm_random_negatives: float | None = field(
         default=None,
@@ -244,8 +255,8 @@ def build_model(model_args: ModelArguments, processor, total_steps: int,
         alpha_steps=model_args.alpha_steps if model_args.alpha_steps is not None else total_steps,
         alpha_schedule=model_args.alpha_schedule,
     )
-    for name in ("mlm_loss_weight", "itm_loss_weight", "itm_random_negatives", "itm_random_negatives_end",
-                 *PEER_OBJECTIVE_SETTINGS):
+    for name in ("mlm_loss_weight", "itm_loss_weight", "negative_caption_loss_weight",
+                 "word_prediction_loss_weight", "itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
         if getattr(model_args, name) is not None:
             regulation[name] = getattr(model_args, name)
     checkpoint = SiscConfig.from_pretrained(model_args.model_name_or_path) if model_args.model_name_or_path else None
@@ -295,7 +306,8 @@ def load_data(data_args: DataArguments):
         for name in [data_args.train_split, *from_dataset]:
             if name not in splits:
                 raise ValueError(f"the shapes dataset has no split {name!r}; it has {sorted(splits)}")
-        train_rows = load_pairs_from_split(splits[data_args.train_split], data_args.streaming)
+        train_split = with_caption_negatives(splits[data_args.train_split], shapes_config_from_args(data_args))
+        train_rows = load_pairs_from_split(train_split, data_args.streaming)
         evaluation = {name: shapes_retrieval_set(splits[name], f"{description} ({name})") for name in from_dataset}
     else:
         for kind, name in wanted.items():
@@ -390,6 +402,17 @@ def check_contrastive_batch(config, per_device_batch_size: int, num_processes: i
         )
 
 
+def check_negative_captions(config, rows) -> None:
+    """The negative-caption loss needs a caption false of each image: fail before training when the data has none."""
+    columns = getattr(rows, "column_names", None)  # unknown for some streams: the model then names the problem
+    if config.negative_caption_loss_weight > 0 and columns is not None and "negative_caption" not in columns:
+        raise ValueError(
+            f"negative_caption_loss_weight is {config.negative_caption_loss_weight} but the training data has no "
+            f"'negative_caption' column (a caption false of each row's image; columns: {sorted(columns)}): add one, "
+            f"or pass --negative_caption_loss_weight 0"
+        )
+
+
 def check_metric_name(name: str, data) -> None:
     """Fail before training, not after it, when --metric_for_best_model is not a metric of this data."""
     relevance = None if data.relevance is None else [[True, False], [False, True]]
@@ -464,7 +487,10 @@ class PretrainingTask(Task):
             stem, pooling = self.config.vision_conv_stem, self.config.image_pooling
             if stem or pooling != "cls":
                 later["image_tower"] = f"conv stem {stem}, {pooling} read-out"
-        for name in ("itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
+            if self.config.word_prediction_loss_weight > 0:  # the small model's default adds a word head
+                later["word_prediction_loss_weight"] = self.config.word_prediction_loss_weight
+        for name in ("itm_random_negatives", "itm_random_negatives_end", "negative_caption_loss_weight",
+                     "word_prediction_loss_weight", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
         if self.data_args.batch_groups:
@@ -511,6 +537,7 @@ class PretrainingTask(Task):
         if self.model_args.freeze_text_tower:  # its parameters then get no gradients and no optimizer state
             model.sisc.text_model.requires_grad_(False)
         check_contrastive_batch(model.config, self.args.per_device_batch_size, self.accelerator.num_processes)
+        check_negative_captions(model.config, self.train_rows)
         self.config = model.config
         return model
 
@@ -529,6 +556,9 @@ class PretrainingTask(Task):
             extra["false_negative_mask"] = batch["relevance"]
         if self.config.itm_random_negatives_end is not None:
             extra["itm_random_negatives"] = self.config.itm_random_share_at(step - 1)
+        if self.config.negative_caption_loss_weight > 0:
+            extra["negative_input_ids"] = batch["negative_input_ids"]
+            extra["negative_attention_mask"] = batch["negative_attention_mask"]
         return model(
             input_ids=batch["input_ids"],
             pixel_values=batch["pixel_values"],

@@ -8,10 +8,10 @@
 
 As in the paper's retrieval fine-tuning, the contrastive loss stays regulated but without a teacher: the weights come
 from the fine-tuned model's own (detached) similarities (alpha = 0), the ITM loss with hard negatives is kept and the
-MLM loss is switched off. After every epoch the model is evaluated on the validation split (ITC ranking) and the best
-one by `--metric_for_best_model` is kept; the final test metrics, with ITM re-ranking of the top `--rerank_k`, go to
-`results.json` and the model card. This is `train/pretrain.py`'s trainer with these defaults: every option of that
-script can be given here too.
+MLM loss (and the optional auxiliaries: negative captions, word prediction) is switched off. After every epoch the
+model is evaluated on the validation split (ITC ranking) and the best one by `--metric_for_best_model` is kept; the
+final test metrics, with ITM re-ranking of the top `--rerank_k`, go to `results.json` and the model card.
+This is `train/pretrain.py`'s trainer with these defaults: every option of that script can be given here too.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ FINETUNE_DEFAULTS = {
     "alpha_end": 0.0,
     "alpha_schedule": "constant",
     "mlm_loss_weight": 0.0,
+    "negative_caption_loss_weight": 0.0,  # the pretraining-only auxiliaries, like MLM
+    "word_prediction_loss_weight": 0.0,
     "train_split": "train",
     "validation_split": "validation",
     "eval_split": "test",
