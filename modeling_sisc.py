@@ -374,6 +374,15 @@ def regulated_contrastive_loss(
     return (text_loss + image_loss) / 2.0
 
 
+def bag_of_words(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int, ignore_ids) -> torch.Tensor:
+    """(batch, vocab_size) 0/1: which token ids each text uses inside its attention mask, `ignore_ids` (special tokens)
+    left out."""
+    words = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
+    words.scatter_(1, input_ids, attention_mask.to(words.dtype))
+    words[:, list(ignore_ids)] = 0.0
+    return words
+
+
 def same_id_mask(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
     """Bool mask of off-diagonal pairs that share an id (e.g. two captions of one image): not negatives."""
     mask = row_ids.view(-1, 1) == col_ids.view(1, -1)
@@ -1582,10 +1591,8 @@ class SiscForPreTraining(SiscPreTrainedModel):
         the caption's bag of words (each distinct word of the caption an equal share of the target; special tokens
         and padding left out). Captions with no word are left out; 0 when none has one."""
         config = self.config
-        targets = torch.zeros(input_ids.shape[0], config.text_config.vocab_size, device=input_ids.device)
-        targets.scatter_(1, input_ids, attention_mask.to(targets.dtype))
         special = [config.cls_token_id, config.sep_token_id, config.mask_token_id, config.text_config.pad_token_id]
-        targets[:, [i for i in special if i is not None]] = 0.0
+        targets = bag_of_words(input_ids, attention_mask, config.text_config.vocab_size, [i for i in special if i is not None])
         words = targets.sum(dim=1)
         rows = words > 0
         if not bool(rows.any()):

@@ -25,8 +25,8 @@ Variants (each trained alone from the same seed and the same batches):
     cnn        a reference: a three-layer CNN with max pooling (32-64-128 channels, ~93k parameters), global max.
 
 `--targets caption_words` trains on what pretraining has instead of labels: every (image, caption) pair with the
-caption's words as its targets (multi-label over the vocabulary, the same binary cross-entropy; the word-prediction
-loss of `SiscConfig.word_prediction_loss_weight` with the tower alone). The towers are then scored by
+caption's words as its targets (multi-label over the vocabulary, the same binary cross-entropy; a multi-label form of
+the word-prediction loss of `SiscConfig.word_prediction_loss_weight`, which takes a softmax, with the tower alone). The towers are then scored by
 image_grounding.py's linear probes (`--grounding_probe` is implied), as a pretrained tower is.
 Results also go to benchmarks/results/shape_learnability.json.
 """
@@ -51,13 +51,12 @@ DEFAULT_VARIANTS = ("vit_cls", "vit_max", "hybrid_cls", "hybrid_max", "cnn")  # 
 
 def caption_word_targets(split, processor):
     """(pixel values, 0/1 targets over the vocabulary: the words of its caption) of every pair of a shapes split."""
+    from modeling_sisc import bag_of_words
+
     tokenizer = processor.tokenizer
     pixels = processor.image_processor(images=list(split["image"]), return_tensors="pt")["pixel_values"]
     tokens = tokenizer(list(split["caption"]), return_tensors="pt", padding=True)
-    targets = torch.zeros(len(split), len(tokenizer))
-    targets.scatter_(1, tokens["input_ids"], tokens["attention_mask"].float())
-    targets[:, tokenizer.all_special_ids] = 0.0
-    return pixels, targets
+    return pixels, bag_of_words(tokens["input_ids"], tokens["attention_mask"], len(tokenizer), tokenizer.all_special_ids)
 
 
 def labelled_images(split, processor, colors, shapes):

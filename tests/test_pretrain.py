@@ -496,3 +496,16 @@ def test_negative_caption_loss_trains_from_the_data_column_and_needs_it(negative
     assert json.load(open(tmp_path / "negatives" / "config.json"))["negative_caption_loss_weight"] == 1.0
     with pytest.raises(ValueError, match="no 'negative_caption' column"):
         train(pairs_file, tmp_path / "none", "--negative_caption_loss_weight", "1", "--max_steps", "1")
+
+
+def test_the_shapes_data_derives_negative_captions_only_when_the_loss_is_on(tmp_path):
+    shapes = ["--dataset", "shapes", "--shapes_num_train", "24", "--data_cache_dir", str(tmp_path / "cache"),
+              *TINY, "--eval_split", ""]
+    task = pretrain.PretrainingTask(*parse_args(pretrain.ARGUMENTS, [*shapes, "--output_dir", str(tmp_path / "off")]))
+    rows, _ = task.load_data()
+    assert "negative_caption" not in rows.column_names  # off by default: no start-up or collation cost
+    for extra in ((), ("--streaming",)):  # a stream derives them as it is read
+        out = tmp_path / f"on{len(extra)}"
+        pretrain.main([*shapes, "--output_dir", str(out), "--negative_caption_loss_weight", "1", "--max_steps", "2", *extra])
+        history = json.load(open(out / "results.json"))["history"]
+        assert all(entry["loss_negative_caption"] > 0 for entry in history)

@@ -698,7 +698,7 @@ def caption_negative(caption: str, caption_facts: dict | str, scene: dict | str,
 def with_caption_negatives(split, config: ShapesConfig):
     """The split with a `negative_caption` column (`caption_negative` of each row within the config's shapes and
     colours, "" where there is none), drawn per (seed, image, caption): the same on every run. datasets caches the
-    result beside the split."""
+    result beside the split; a stream (`IterableDataset`) derives it as it is read."""
     shapes, colors = SHAPES[: config.num_shapes], COLORS[: config.num_colors]
 
     def add(batch):
@@ -709,7 +709,8 @@ def with_caption_negatives(split, config: ShapesConfig):
             negatives.append(caption_negative(caption, facts, scene, rng, shapes, colors))
         return {"negative_caption": negatives}
 
-    return split.map(add, batched=True, desc="caption negatives")
+    progress = {"desc": "caption negatives"} if isinstance(split, datasets.Dataset) else {}  # a stream has no bar
+    return split.map(add, batched=True, **progress)
 
 
 # ----------------------------------------------------------------------------------------------------------------

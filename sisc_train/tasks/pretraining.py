@@ -306,8 +306,7 @@ def load_data(data_args: DataArguments):
         for name in [data_args.train_split, *from_dataset]:
             if name not in splits:
                 raise ValueError(f"the shapes dataset has no split {name!r}; it has {sorted(splits)}")
-        train_split = with_caption_negatives(splits[data_args.train_split], shapes_config_from_args(data_args))
-        train_rows = load_pairs_from_split(train_split, data_args.streaming)
+        train_rows = load_pairs_from_split(splits[data_args.train_split], data_args.streaming)
         evaluation = {name: shapes_retrieval_set(splits[name], f"{description} ({name})") for name in from_dataset}
     else:
         for kind, name in wanted.items():
@@ -518,10 +517,22 @@ class PretrainingTask(Task):
             cache = load_teacher_cache(model_args.teacher_cache, self.train_rows, self.teacher)
             self.train_rows = attach_teacher_cache(self.train_rows, cache)
             passthrough, self.teacher = EMBEDDING_COLUMNS, None  # the cache replaces the online teacher
+        if data_args.dataset == "shapes" and self.negative_caption_loss_weight() > 0:
+            # derived only when used: the column costs start-up and collation time and changes the rows' fingerprint
+            # (after the teacher cache, which is keyed to the rows without it)
+            self.train_rows = with_caption_negatives(self.train_rows, shapes_config_from_args(data_args))
         relevance_fn = batch_relevance if data_args.dataset == "shapes" else None
         # before any training step: stop on captions the vocabulary cannot read (all [UNK]), warn on poorly read ones
         check_caption_vocabulary(self.train_rows, self.processor.tokenizer)
         return self.train_rows, PairCollator(self.processor, passthrough=passthrough, relevance_fn=relevance_fn)
+
+    def negative_caption_loss_weight(self) -> float:
+        """The weight the model will have: the flag, else the checkpoint's, else a new model's default."""
+        if self.model_args.negative_caption_loss_weight is not None:
+            return self.model_args.negative_caption_loss_weight
+        if self.model_args.model_name_or_path:
+            return SiscConfig.from_pretrained(self.model_args.model_name_or_path).negative_caption_loss_weight
+        return SiscConfig.negative_caption_loss_weight
 
     def train_order(self, rows, seed: int):
         key = self.data_args.batch_groups
