@@ -383,6 +383,18 @@ def bag_of_words(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_si
     return words
 
 
+def bag_of_words_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a softmax over the vocabulary (`logits`, (batch, vocab)) against bags of words (`targets`, 0/1
+    from `bag_of_words`), each distinct word of a text an equal share of its target. Rows with no word are left out;
+    0 when none has one."""
+    words = targets.sum(dim=1)
+    rows = words > 0
+    if not bool(rows.any()):
+        return logits.sum() * 0.0
+    log_probs = torch.log_softmax(logits[rows].float(), dim=-1)
+    return -((targets[rows] / words[rows, None]) * log_probs).sum(dim=1).mean()
+
+
 def same_id_mask(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
     """Bool mask of off-diagonal pairs that share an id (e.g. two captions of one image): not negatives."""
     mask = row_ids.view(-1, 1) == col_ids.view(1, -1)
@@ -1593,12 +1605,17 @@ class SiscForPreTraining(SiscPreTrainedModel):
         config = self.config
         special = [config.cls_token_id, config.sep_token_id, config.mask_token_id, config.text_config.pad_token_id]
         targets = bag_of_words(input_ids, attention_mask, config.text_config.vocab_size, [i for i in special if i is not None])
-        words = targets.sum(dim=1)
-        rows = words > 0
-        if not bool(rows.any()):
-            return image_summary.new_zeros((), dtype=torch.float32)
-        log_probs = torch.log_softmax(self.word_head(image_summary[rows]).float(), dim=-1)
-        return -((targets[rows] / words[rows, None]) * log_probs).sum(dim=1).mean()
+        return bag_of_words_cross_entropy(self.word_head(image_summary), targets)
+
+    def _word_prediction_only(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding, return_dict):
+        if self.word_head is None:
+            raise ValueError("word_prediction_only needs the word head: set word_prediction_loss_weight > 0")
+        self.sisc._check_pixel_values(pixel_values, interpolate_pos_encoding)
+        vision_outputs = self.sisc.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
+                                                return_dict=True)
+        loss = self.word_prediction_loss(self.sisc.image_summary(vision_outputs), input_ids, attention_mask)
+        output = SiscForPreTrainingOutput(loss=loss, loss_word_prediction=loss)
+        return output if return_dict is not False else output.to_tuple()
 
     def negative_caption_loss(self, image_embeds, text_embeds, negative_input_ids, negative_attention_mask):
         """Each image against its own caption and its negative caption (a copy with a word swapped that makes it
@@ -1635,6 +1652,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
         itm_random_negatives: float | None = None,
         negative_input_ids: torch.LongTensor | None = None,
         negative_attention_mask: torch.Tensor | None = None,
+        word_prediction_only: bool = False,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
         **kwargs,
@@ -1650,6 +1668,9 @@ class SiscForPreTraining(SiscPreTrainedModel):
             negative_input_ids / negative_attention_mask: (batch, L') a negative caption of each pair's image, for
                 the negative-caption loss (`negative_caption_loss_weight` > 0, which then needs them); a row whose
                 mask is all zeros has none.
+            word_prediction_only: the image tower's warm-up (`train/pretrain.py --image_tower_only`): only the
+                word-prediction loss, from the image tower alone (the text tower and the fusion encoder are not run);
+                `loss` is that loss, unweighted.
 
         A loss whose weight in the config is 0 (`itm_loss_weight`, `mlm_loss_weight`) is not computed at all: it is
         returned as 0 and its logits as None.
@@ -1663,6 +1684,8 @@ class SiscForPreTraining(SiscPreTrainedModel):
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if word_prediction_only:
+            return self._word_prediction_only(pixel_values, input_ids, attention_mask, interpolate_pos_encoding, return_dict)
         vision_outputs, image_embeds = sisc.encode_image(pixel_values, interpolate_pos_encoding)
         text_outputs, text_embeds = sisc.encode_text(input_ids, attention_mask, token_type_ids)
         image_states = vision_outputs.last_hidden_state

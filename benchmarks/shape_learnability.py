@@ -25,9 +25,11 @@ Variants (each trained alone from the same seed and the same batches):
     cnn        a reference: a three-layer CNN with max pooling (32-64-128 channels, ~93k parameters), global max.
 
 `--targets caption_words` trains on what pretraining has instead of labels: every (image, caption) pair with the
-caption's words as its targets (multi-label over the vocabulary, the same binary cross-entropy; a multi-label form of
-the word-prediction loss of `SiscConfig.word_prediction_loss_weight`, which takes a softmax, with the tower alone). The towers are then scored by
-image_grounding.py's linear probes (`--grounding_probe` is implied), as a pretrained tower is.
+caption's words as its targets, by the main job's word-prediction loss (`SiscConfig.word_prediction_loss_weight`: a
+softmax over the vocabulary against the caption's bag of words) with the tower alone; `--word_loss bce` takes the
+multi-label form instead (binary cross-entropy per word, as for the labels), which teaches shapes much more slowly.
+The towers are then scored by image_grounding.py's linear probes (`--grounding_probe` is implied), as a pretrained
+tower is.
 Results also go to benchmarks/results/shape_learnability.json.
 """
 
@@ -131,6 +133,8 @@ def grounding_probe(encoder, config, processor, cache_dir: str, run_probes=None)
 
 
 def train_variant(name, data, num_colors, args) -> dict:
+    from modeling_sisc import bag_of_words_cross_entropy
+
     torch.manual_seed(args.seed)
     encoder, config = build_variant(name)
     head = nn.Linear(config.vision_config.hidden_size, data["train"][1].shape[1])
@@ -147,7 +151,11 @@ def train_variant(name, data, num_colors, args) -> dict:
     curve, start = [], time.time()
     for step in range(1, args.steps + 1):
         rows = torch.randint(len(train_x), (args.batch_size,), generator=order)
-        loss = F.binary_cross_entropy_with_logits(head(encoder(train_x[rows])), train_y[rows])
+        logits = head(encoder(train_x[rows]))
+        if labels or args.word_loss == "bce":
+            loss = F.binary_cross_entropy_with_logits(logits, train_y[rows])
+        else:
+            loss = bag_of_words_cross_entropy(logits, train_y[rows])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -191,6 +199,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "shape_learnability.json"))
     parser.add_argument("--targets", choices=("labels", "caption_words"), default="labels",
                         help="what the tower learns from: the scenes' colour / shape labels, or its captions' words")
+    parser.add_argument("--word_loss", choices=("softmax", "bce"), default="softmax",
+                        help="with --targets caption_words: the main job's softmax over the vocabulary, or per-word "
+                             "binary cross-entropy")
     parser.add_argument("--grounding_probe", action="store_true",
                         help="also run benchmarks/image_grounding.py's linear probes on each trained ViT tower")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ from configuration_sisc import SiscConfig
 from modeling_sisc import (
     SiscForPreTraining,
     SiscModel,
+    bag_of_words_cross_entropy,
     mixed_similarity,
     regulated_contrastive_loss,
     regulation_weights,
@@ -279,6 +280,15 @@ def test_word_prediction_loss_by_hand_and_in_the_total():
     torch.testing.assert_close(out.loss, out.loss_itc + out.loss_itm + out.loss_mlm + 0.5 * out.loss_word_prediction)
 
 
+def test_bag_of_words_cross_entropy_leaves_out_texts_without_words():
+    logits = torch.randn(2, 5, requires_grad=True)
+    targets = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0], [0.0] * 5])
+    expected = -(torch.log_softmax(logits[0], dim=-1)[[1, 2]]).mean()
+    torch.testing.assert_close(bag_of_words_cross_entropy(logits, targets), expected)
+    none = bag_of_words_cross_entropy(logits, torch.zeros(2, 5))
+    assert none.item() == 0.0 and none.requires_grad  # a zero that keeps the graph connected (DDP)
+
+
 def test_word_prediction_is_off_by_default_and_teaches_the_image_tower():
     torch.manual_seed(2)
     plain = SiscForPreTraining(tiny_config())
@@ -289,6 +299,22 @@ def test_word_prediction_is_off_by_default_and_teaches_the_image_tower():
     assert model.sisc.vision_model.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="word_prediction_loss_weight"):
         tiny_config(word_prediction_loss_weight=-1.0)
+
+
+def test_word_prediction_only_runs_the_image_tower_alone():
+    torch.manual_seed(2)
+    model = SiscForPreTraining(tiny_config(word_prediction_loss_weight=3.0)).eval()
+    batch = pairs(3)
+    with torch.no_grad():
+        full = model(**batch)
+    only = model(**batch, word_prediction_only=True)
+    torch.testing.assert_close(only.loss, full.loss_word_prediction)  # the loss unweighted
+    assert only.loss_itc is None and only.logits_per_text is None
+    only.loss.backward()
+    with_grad = {name for name, param in model.named_parameters() if param.grad is not None}
+    assert with_grad and all(name.startswith(("sisc.vision_model.", "word_head.")) for name in with_grad)
+    with pytest.raises(ValueError, match="needs the word head"):
+        SiscForPreTraining(tiny_config())(**batch, word_prediction_only=True)
 
 
 def test_hard_negatives_never_pick_a_positive_on_a_crafted_similarity(pretraining_model):

@@ -509,3 +509,29 @@ def test_the_shapes_data_derives_negative_captions_only_when_the_loss_is_on(tmp_
         pretrain.main([*shapes, "--output_dir", str(out), "--negative_caption_loss_weight", "1", "--max_steps", "2", *extra])
         history = json.load(open(out / "results.json"))["history"]
         assert all(entry["loss_negative_caption"] > 0 for entry in history)
+
+
+def test_image_tower_only_trains_the_image_tower_alone_and_pretraining_goes_on_from_it(pairs_file, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(pairs_file, one, "--image_tower_only", "--word_prediction_loss_weight", "1", "--max_steps", "1")
+    result = train(pairs_file, two, "--image_tower_only", "--word_prediction_loss_weight", "1", "--max_steps", "2")
+    assert result["global_step"] == 2 and result["metrics"] == {}  # no retrieval: the text side is untrained
+    summary = json.load(open(two / "results.json"))
+    assert all({name for name in entry if name.startswith("loss")} == {"loss", "loss_word_prediction"}
+               for entry in summary["history"])
+    assert summary["args"]["image_tower_only"] is True
+    # only the image tower and the word head move: everything else stays at its (seeded) initialisation
+    after_one, after_two = final_state(one), final_state(two)
+    moved = {name for name in after_two if not torch.equal(after_one[name], after_two[name])}
+    assert moved and all(".vision_model." in f".{name}" or name.startswith("word_head.") for name in moved)
+    assert any(name.startswith("word_head.") for name in moved)
+    assert "image tower and its word head only" in open(two / "README.md").read()
+    # the second stage: all the losses, from the first stage's checkpoint
+    joint = train(pairs_file, tmp_path / "joint", "--model_name_or_path", str(two), "--max_steps", "1")
+    assert joint["global_step"] == 1
+    assert "loss_itc" in json.load(open(tmp_path / "joint" / "results.json"))["history"][0]
+    with pytest.raises(ValueError, match="word_prediction_loss_weight 0"):
+        train(pairs_file, tmp_path / "no_head", "--image_tower_only", "--word_prediction_loss_weight", "0", "--max_steps", "1")
+    with pytest.raises(ValueError, match="momentum copy"):
+        train(pairs_file, tmp_path / "momentum", "--image_tower_only", "--word_prediction_loss_weight", "1",
+              "--momentum_distillation", "--max_steps", "1")

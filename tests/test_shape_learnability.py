@@ -55,7 +55,8 @@ def test_grounding_probe_reads_the_trained_tower():
     assert config.vision_conv_stem == [16, 32, 64] and config.image_pooling == "cls"  # the tower, read out by VitReadout
 
 
-def test_caption_words_train_the_tower_and_the_probes_score_it(data, monkeypatch):
+@pytest.mark.parametrize("word_loss", ["softmax", "bce"])
+def test_caption_words_train_the_tower_and_the_probes_score_it(data, monkeypatch, word_loss):
     import benchmarks.shape_learnability as module
 
     splits, dataset, config = data
@@ -67,8 +68,11 @@ def test_caption_words_train_the_tower_and_the_probes_score_it(data, monkeypatch
     probed = []
     monkeypatch.setattr(module, "grounding_probe", lambda encoder, *rest: probed.append(encoder) or [{"probe": 1}])
     args = argparse.Namespace(seed=0, learning_rate=1e-3, steps=2, batch_size=4, eval_every=1, targets="caption_words",
-                              data_cache_dir="unused")
+                              word_loss=word_loss, data_cache_dir="unused")
     result = train_variant("hybrid16_max", {**splits, "train": (pixels, targets), "processor": processor},
                            config.num_colors, args)
     assert [point["step"] for point in result["curve"]] == [1, 2] and "shape_accuracy" not in result["curve"][0]
+    # the softmax starts near ln(vocabulary size); per-word binary cross-entropy near ln 2 and falls fast (mostly 0s)
+    first_loss = result["curve"][0]["train_loss"]
+    assert first_loss > 3.0 if word_loss == "softmax" else first_loss < 1.0
     assert len(probed) == 1 and result["grounding_probe"] == [{"probe": 1}]

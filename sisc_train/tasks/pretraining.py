@@ -228,6 +228,13 @@ class PretrainingArguments(TrainingArguments):
     metric_for_best_model: str = field(default="r_mean", metadata={"help": "Validation metric (higher is better) that picks the kept model."})
     diagnostics_steps: int = field(default=200, metadata={"help": "Save weight heat map + histogram every N steps."})
     rerank_k: int = field(default=16, metadata={"help": "Final evaluation also with ITM re-ranking of the top k ITC candidates (0: ITC only)."})
+    image_tower_only: bool = field(
+        default=False,
+        metadata={"help": "Train only the image tower and its word head, on the word-prediction loss (each caption's "
+                          "words from its image; the text tower and the fusion encoder are not run): a first stage, "
+                          "then pretrain from it with --model_name_or_path. Needs word_prediction_loss_weight > 0 (the "
+                          "small model's default); no retrieval evaluation (the text side is untrained)."},
+    )
 
 # what a resumed run must share with the run that wrote the checkpoint besides the training settings: the model, the
 # objective and the data order
@@ -426,7 +433,7 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         "per_device_batch_size": args.per_device_batch_size,
         "batches": f"grouped by {batch_groups}, {data_args.batch_group_size} rows per group" if batch_groups else "random",
         "learning_rate": args.learning_rate,
-        "vision_learning_rate": args.vision_learning_rate or args.learning_rate,
+        "vision_learning_rate": args.vision_lr(),
         "weight_decay": args.weight_decay,
         "warmup_steps": args.warmup_steps,
         "num_epochs": args.num_epochs,
@@ -434,6 +441,9 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         "mixed_precision": args.mixed_precision,
         "seed": args.seed,
     }
+    if args.image_tower_only:
+        hyperparameters["trained"] = ("the image tower and its word head only, on the word-prediction loss (a first stage: "
+                                      "the text tower, the fusion encoder and the other heads are untrained)")
     if data_args.validation_split:
         hyperparameters["model_selection"] = f"best {args.metric_for_best_model} on the {data_args.validation_split} split"
     render_model_card(
@@ -471,7 +481,7 @@ class PretrainingTask(Task):
         check_start(model_args.model_name_or_path, self.encoder_args)
         self.skips.max_bad_fraction = data_args.max_bad_fraction
         # a switched-off loss leaves its head without gradients, which DDP must be told about
-        self.find_unused_parameters = 0 in (model_args.mlm_loss_weight, model_args.itm_loss_weight)
+        self.find_unused_parameters = 0 in (model_args.mlm_loss_weight, model_args.itm_loss_weight) or args.image_tower_only
         self.teacher = None
         self.config = None
 
@@ -492,6 +502,8 @@ class PretrainingTask(Task):
                      "word_prediction_loss_weight", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
+        if self.args.image_tower_only:
+            later["image_tower_only"] = True
         if self.data_args.batch_groups:
             later.update(batch_groups=self.data_args.batch_groups, batch_group_size=self.data_args.batch_group_size)
         return {**{name: getattr(self.model_args, name) for name in MODEL_SETTINGS}, **new_model, **later,
@@ -549,10 +561,19 @@ class PretrainingTask(Task):
             model.sisc.text_model.requires_grad_(False)
         check_contrastive_batch(model.config, self.args.per_device_batch_size, self.accelerator.num_processes)
         check_negative_captions(model.config, self.train_rows)
+        if self.args.image_tower_only and model.config.word_prediction_loss_weight <= 0:
+            raise ValueError("--image_tower_only trains the image tower on the word-prediction loss, but this model has "
+                             "word_prediction_loss_weight 0: pass --word_prediction_loss_weight (e.g. 5)")
+        if self.args.image_tower_only and model.momentum_encoder is not None:  # its copy of the tower would go stale
+            raise ValueError("--image_tower_only does not train the momentum copy: add --momentum_distillation in the "
+                             "second stage instead (the copy then starts from the trained tower)")
         self.config = model.config
         return model
 
     def training_step(self, model, batch: dict, step: int):
+        if self.args.image_tower_only:
+            return model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                         attention_mask=batch["attention_mask"], word_prediction_only=True)
         extra = {}
         if self.teacher is not None:
             with torch.no_grad():
@@ -585,6 +606,8 @@ class PretrainingTask(Task):
         return None
 
     def step_logs(self, model, batch: dict, outputs, step: int) -> dict:
+        if self.args.image_tower_only:  # no contrastive step: no temperature or regulation weights to report
+            return {}
         uses_teacher = self.teacher is not None or "teacher_image_embeds" in batch
         sisc = self.accelerator.unwrap_model(model).sisc
         return {
@@ -608,7 +631,7 @@ class PretrainingTask(Task):
             save_weight_plots(outputs.weights_t2i, os.path.join(plots_dir, "weights"), step)
 
     def has_validation(self) -> bool:
-        return bool(self.data_args.validation_split)
+        return bool(self.data_args.validation_split) and not self.args.image_tower_only
 
     def validate(self, model) -> dict:
         results = evaluate_retrieval(
@@ -635,7 +658,7 @@ class PretrainingTask(Task):
                 + (f" --image_root {data_args.image_root}" if data_args.image_root else ""))
 
     def final_evaluation(self, model, summary: dict) -> None:
-        if not self.data_args.eval_split:
+        if not self.data_args.eval_split or self.args.image_tower_only:
             return
         results = evaluate_retrieval(
             model.sisc, self.processor, self.eval_sets[self.data_args.eval_split], rerank_k=self.args.rerank_k,
