@@ -1610,9 +1610,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
     def _word_prediction_only(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding, return_dict):
         if self.word_head is None:
             raise ValueError("word_prediction_only needs the word head: set word_prediction_loss_weight > 0")
-        self.sisc._check_pixel_values(pixel_values, interpolate_pos_encoding)
-        vision_outputs = self.sisc.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
-                                                return_dict=True)
+        vision_outputs = self.sisc.encode_image(pixel_values, interpolate_pos_encoding)[0]  # its embedding is unused
         loss = self.word_prediction_loss(self.sisc.image_summary(vision_outputs), input_ids, attention_mask)
         output = SiscForPreTrainingOutput(loss=loss, loss_word_prediction=loss)
         return output if return_dict is not False else output.to_tuple()
