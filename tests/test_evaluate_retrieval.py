@@ -161,6 +161,34 @@ def test_rerank_scores_are_itm_log_odds_of_the_top_k_above_the_rest(model_and_pr
                 assert scores[q, c].item() == pytest.approx((logits[0, 1] - logits[0, 0]).item(), abs=1e-4)
 
 
+def test_itm_plus_itc_adds_the_itc_logit_to_the_itm_log_odds_of_the_top_k(model_and_processor, karpathy):
+    model, processor = model_and_processor
+    data = load_retrieval_set(str(karpathy), "test")
+    encoded = encode_set(model, processor, data, keep_hidden=True)
+    similarity = encoded.image_embeds @ encoded.text_embeds.t()
+    scale = model.logit_scale_value().item()
+    for image_queries in (True, False):
+        itm = itm_rerank(model, encoded, similarity, 4, image_queries=image_queries)
+        both = itm_rerank(model, encoded, similarity, 4, image_queries=image_queries, score="itm+itc")
+        itc = similarity if image_queries else similarity.t()
+        itm, both = (itm, both) if image_queries else (itm.t(), both.t())
+        top = itc.topk(4, dim=1).indices
+        assert torch.allclose(both.gather(1, top), itm.gather(1, top) + scale * itc.gather(1, top), atol=1e-4)
+        # the rest keeps its ITC order below the top k
+        assert (both.gather(1, top).min(dim=1).values[:, None] > both.scatter(1, top, float("-inf"))).all()
+    with pytest.raises(ValueError, match="unknown re-ranking score 'itc'"):
+        itm_rerank(model, encoded, similarity, 4, image_queries=True, score="itc")
+
+
+def test_itm_plus_itc_with_a_constant_itm_keeps_the_itc_order():
+    """When the ITM head cannot tell the candidates apart, ITM + ITC ranks them as ITC does (ITM alone would tie them)."""
+    itc = torch.tensor([[0.2, 0.9, -0.1, 0.5]])
+    encoded = EncodedSet(torch.zeros(1, 2), torch.zeros(4, 2), torch.zeros(1, 3, 2), torch.zeros(4, 3, 2), torch.ones(4, 3))
+    reranked = itm_rerank(_FixedItmWithTemperature(), encoded, itc, 3, image_queries=True, score="itm+itc")
+    assert reranked[0].argsort(descending=True).tolist() == [1, 3, 0, 2]
+    assert reranked[0, 1].item() == pytest.approx(5.0 + 10 * 0.9)
+
+
 def test_rerank_keeps_the_itc_order_of_nearly_equal_and_tied_scores():
     """Scores one float32 step apart, and exact ties, outside the top k: a constant shift would round them together
     or swap them on some machines; the ranks keep them."""
@@ -182,6 +210,11 @@ class _FixedItm:
         return torch.tensor([[0.0, 5.0]]).repeat(len(attention_mask), 1)
 
 
+class _FixedItmWithTemperature(_FixedItm):
+    def logit_scale_value(self):
+        return torch.tensor(10.0)
+
+
 def test_rerank_order_outside_the_top_k_survives_near_ties():
     base = torch.tensor(0.3)
     step = torch.nextafter(base, torch.tensor(1.0)) - base
@@ -199,7 +232,8 @@ def test_rerank_with_k_covering_everything_ranks_by_itm_alone(model_and_processo
     images = [Image.new("RGB", (16, 16), c) for c in COLOURS.values()]
     data = RetrievalSet(images, [f"a {name} square" for name in COLOURS], [0, 1, 2, 3])
     results = evaluate_retrieval(model, processor, data, rerank_k=100)  # k is capped at the number of candidates
-    assert set(results) == {"itc", "itm_top100", "timing", "skipped"} and results["timing"]["rerank_seconds"] >= 0
+    assert set(results) == {"itc", "itm_top100", "itm_itc_top100", "timing", "skipped"}
+    assert results["timing"]["rerank_seconds"] >= 0
     assert results["skipped"]["pairs"] == results["skipped"]["images"] == 0
 
 

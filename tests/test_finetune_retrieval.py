@@ -50,6 +50,22 @@ def test_finetune_keeps_the_best_epoch_and_reports_test_metrics(pretrained, karp
     assert "after fine-tuning" in card.data.eval_results[0].task_name
 
 
+def test_the_card_reports_the_chosen_rerank_score_and_results_keep_both(pretrained, karpathy, tmp_path):
+    finetune(pretrained, karpathy, tmp_path, "--num_epochs", "1", "--rerank_score", "itm+itc")
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["rerank_score"] == "itm+itc" and set(summary["other_rerank_metrics"]) == {"itm_top3"}
+    card = ModelCard.load(tmp_path / "README.md")
+    types = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert types["itm_itc_top3_r_mean"] == pytest.approx(summary["rerank_metrics"]["r_mean"], abs=1e-3)
+    assert "itm_top3_r_mean" not in types and "plus the ITC logit" in card.text
+
+
+def test_an_unknown_rerank_score_is_refused_before_training(pretrained, karpathy, tmp_path):
+    with pytest.raises(ValueError, match="unknown re-ranking score 'itc'"):
+        finetune(pretrained, karpathy, tmp_path, "--rerank_score", "itc")
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 def test_an_earlier_better_epoch_is_restored(pretrained, karpathy, tmp_path, monkeypatch):
     """Validation scores scripted to peak at epoch 1: the final weights are epoch 1's, not the last epoch's."""
     import sisc_train.tasks.pretraining as pretraining

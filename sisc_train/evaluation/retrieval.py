@@ -61,7 +61,7 @@ from sisc_train.data.pairs import (
     has_own_splits,
     load_pairs,
 )
-from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
+from sisc_train.evaluation.retrieval_metrics import RERANK_SCORES, rerank_mode, retrieval_metrics
 from sisc_train.loop.launch import check_launch
 from sisc_train.synthetic.shapes import ShapesConfig, load_shapes_dataset, retrieval_view
 
@@ -380,14 +380,11 @@ def encode_set(
 
 
 @torch.inference_mode()
-def itm_rerank(model, encoded: EncodedSet, itc_similarity: torch.Tensor, k: int, *, image_queries: bool,
-               batch_size: int = 256, accelerator=None) -> torch.Tensor:
-    """Scores (n_images, n_captions) of one direction after ITM re-ranking of each query's top-k ITC candidates.
-
-    image_queries=True: TR, each image's k best captions; False: IR, each caption's k best images. The k candidates
-    get their ITM match log-odds (logit "match" - logit "no match") and are placed above every other candidate,
-    whose ITC order is kept. The k x queries fused pairs are scored in batches of `batch_size` pairs.
-    """
+def itm_log_odds_of_top_k(model, encoded: EncodedSet, itc_similarity: torch.Tensor, k: int, *, image_queries: bool,
+                          batch_size: int = 256, accelerator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top_index, log_odds), both (queries, k): each query's k best ITC candidates and their ITM match log-odds
+    (logit "match" - logit "no match"). image_queries=True: TR, each image's k best captions; False: IR, each
+    caption's k best images. The k x queries fused pairs are scored in batches of `batch_size` pairs."""
     scores = itc_similarity if image_queries else itc_similarity.t()  # (queries, candidates)
     n_queries, n_candidates = scores.shape
     k = min(k, n_candidates)
@@ -409,11 +406,39 @@ def itm_rerank(model, encoded: EncodedSet, itc_similarity: torch.Tensor, k: int,
                 image_hidden_states=encoded.image_hidden[image_index].to(device),
             )
             itm.append((logits[:, 1] - logits[:, 0]).float().cpu().view(-1, k))
-    itm = _gather(torch.cat(itm) if itm else torch.empty(0, k), accelerator)
-    # everything outside the top k keeps its ITC order, strictly below the lowest ITM score. The order is carried by
-    # integer ranks, not by shifted ITC scores: shifting by a constant rounds nearly equal scores together or apart
-    reranked = (itm.min() - 1.0) - strictly_greater_counts(scores)
-    reranked.scatter_(1, top_index, itm)
+    return top_index, _gather(torch.cat(itm) if itm else torch.empty(0, k), accelerator)
+
+
+def place_top_k_first(scores: torch.Tensor, top_index: torch.Tensor, top_scores: torch.Tensor) -> torch.Tensor:
+    """Row-wise scores where the candidates of `top_index` get `top_scores` and sit above every other candidate,
+    whose order in `scores` is kept. The order is carried by integer ranks, not by shifted scores: shifting by a
+    constant rounds nearly equal scores together or apart."""
+    ranked = (top_scores.min() - 1.0) - strictly_greater_counts(scores)
+    return ranked.scatter_(1, top_index, top_scores)
+
+
+def itm_rerank(model, encoded: EncodedSet, itc_similarity: torch.Tensor, k: int, *, image_queries: bool,
+               score: str = "itm", batch_size: int = 256, accelerator=None) -> torch.Tensor:
+    """Scores (n_images, n_captions) of one direction after re-ranking each query's top-k ITC candidates.
+
+    score="itm" (ALBEF): the k candidates are ordered by their ITM match log-odds alone. "itm+itc" (as BLIP's
+    evaluation adds the ITC similarity to the ITM score): by ITM log-odds + ITC logit (cosine / the model's
+    temperature), i.e. the product of the two heads' odds, so a confident ITC ranking is not thrown away. Either
+    way the k candidates are placed above every other candidate, whose ITC order is kept.
+    """
+    rerank_mode(k, score)  # checks the name
+    top_index, itm = itm_log_odds_of_top_k(
+        model, encoded, itc_similarity, k, image_queries=image_queries, batch_size=batch_size, accelerator=accelerator
+    )
+    return _rerank_scores(model, itc_similarity, top_index, itm, image_queries, score)
+
+
+@torch.inference_mode()
+def _rerank_scores(model, itc_similarity, top_index, itm, image_queries: bool, score: str) -> torch.Tensor:
+    scores = itc_similarity if image_queries else itc_similarity.t()
+    if score == "itm+itc":
+        itm = itm + model.logit_scale_value().float().cpu() * scores.gather(1, top_index).float().cpu()
+    reranked = place_top_k_first(scores, top_index, itm)
     return reranked if image_queries else reranked.t()
 
 
@@ -443,7 +468,7 @@ def evaluate_retrieval(
     accelerator=None,
     max_bad_fraction: float | None = 0.05,
 ) -> dict[str, dict]:
-    """{"itc": metrics[, "itm_top{k}": metrics], "timing": seconds and items per second, "skipped": what was left
+    """{"itc": metrics[, "itm_top{k}": metrics, "itm_itc_top{k}": metrics], "timing": seconds and items per second, "skipped": what was left
     out (see `leave_out_bad_items`)}; the same on every process. The metrics are those of the readable items; more
     unreadable or empty (image, caption) pairs than `max_bad_fraction` (None: no limit) raise BadEvaluationData."""
     was_training = model.training
@@ -463,12 +488,20 @@ def evaluate_retrieval(
     }
     if rerank_k > 0:
         started = time.perf_counter()
-        by_image = itm_rerank(model, encoded, similarity, rerank_k, image_queries=True, batch_size=itm_batch_size, accelerator=accelerator)
-        by_text = itm_rerank(model, encoded, similarity, rerank_k, image_queries=False, batch_size=itm_batch_size, accelerator=accelerator)
+        # the ITM log-odds are computed once and ranked both ways: alone and with the ITC logit added
+        top_k = {
+            image_queries: itm_log_odds_of_top_k(model, encoded, similarity, rerank_k, image_queries=image_queries,
+                                                 batch_size=itm_batch_size, accelerator=accelerator)
+            for image_queries in (True, False)
+        }
         timing["rerank_seconds"] = time.perf_counter() - started
-        results[f"itm_top{rerank_k}"] = retrieval_metrics(
-            by_image, data.caption_to_image, data.relevance, image_retrieval_similarity=by_text
-        )
+        for score in RERANK_SCORES:
+            by_image, by_text = (
+                _rerank_scores(model, similarity, *top_k[image_queries], image_queries, score) for image_queries in (True, False)
+            )
+            results[rerank_mode(rerank_k, score)] = retrieval_metrics(
+                by_image, data.caption_to_image, data.relevance, image_retrieval_similarity=by_text
+            )
     model.train(was_training)
     results["timing"] = timing
     results["skipped"] = encoded.skipped

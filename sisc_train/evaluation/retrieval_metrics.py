@@ -242,3 +242,13 @@ def retrieval_metrics(
             metrics[f"{name}_map_r"] = 100.0 * float(ap[valid].mean()) if n_valid else math.nan
             metrics[f"{name}_no_relevant"] = int((~valid).sum())
     return metrics
+
+
+RERANK_SCORES = ("itm", "itm+itc")
+
+
+def rerank_mode(k: int, score: str = "itm") -> str:
+    """The results key of a re-ranked ranking: "itm_top{k}" (ITM alone) or "itm_itc_top{k}" (ITM + ITC)."""
+    if score not in RERANK_SCORES:
+        raise ValueError(f"unknown re-ranking score {score!r}: use one of {', '.join(RERANK_SCORES)}")
+    return f"itm_top{k}" if score == "itm" else f"itm_itc_top{k}"
