@@ -127,6 +127,10 @@ class SiscConfig(PreTrainedConfig):
             `itm_random_negatives` to this value over `itm_curriculum_steps` steps (e.g. 1 -> 0: random negatives,
             which differ in colours, teach the fusion encoder to ground words first; ITC-hard ones, which differ in
             shapes, follow). `None` (default): the share stays `itm_random_negatives`.
+        itm_skip_negatives_above_pair (`bool`, defaults to `False`):
+            Leave out of the ITM negatives those that the contrastive similarity scores at or above the pair itself:
+            once the similarity is good, many of them are false negatives (a caption true of both images; on the
+            embedded shapes data 64% of them), which would teach the ITM head to reject true pairs.
         itm_curriculum_steps (`int`, defaults to 10000):
             Length of that curriculum in optimisation steps (the trainer sets it to the run's length).
         gather_distributed (`bool`, defaults to `True`):
@@ -197,6 +201,7 @@ class SiscConfig(PreTrainedConfig):
     mlm_probability: float = 0.15
     itm_random_negatives: float = 0.0
     itm_random_negatives_end: float | None = None
+    itm_skip_negatives_above_pair: bool = False
     itm_curriculum_steps: int = 10000
     gather_distributed: bool = True
     use_momentum_distillation: bool = False

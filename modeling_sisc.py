@@ -1557,8 +1557,9 @@ class SiscForPreTraining(SiscPreTrainedModel):
     def itm_loss(self, text_states, attention_mask, image_states, logits_per_text, image_ids=None, false_negative_mask=None,
                  random_share: float | None = None):
         """ITM: the pairs, plus for each text a hard negative image and for each image a hard negative text, drawn in
-        proportion to the contrastive similarity (positives, same-image pairs and known false negatives excluded),
-        mixed with a uniform draw by `random_share` (default `config.itm_random_negatives`).
+        proportion to the contrastive similarity (positives, same-image pairs and known false negatives excluded, and
+        with `config.itm_skip_negatives_above_pair` those the similarity scores at or above the pair), mixed with a
+        uniform draw by `random_share` (default `config.itm_random_negatives`).
         Returns (loss, logits, labels)."""
         batch = text_states.shape[0]
         device = text_states.device
@@ -1569,8 +1570,15 @@ class SiscForPreTraining(SiscPreTrainedModel):
             start = 0 if false_negative_mask.shape[0] == batch else torch.distributed.get_rank() * batch
             block = false_negative_mask[start : start + batch, start : start + batch]
             not_negative |= block.to(device, torch.bool)
-        text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative, random_share)
-        image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative, random_share)
+        # the image rows see the mask transposed (a false-negative mask is text x image, not symmetric)
+        not_negative_text_rows, not_negative_image_rows = not_negative, not_negative.t()
+        if self.config.itm_skip_negatives_above_pair:
+            # a negative the similarity puts at or above the pair itself is often a caption true of both images
+            pair = logits_per_text.diagonal().detach()
+            not_negative_text_rows = not_negative_text_rows | (logits_per_text.detach() >= pair[:, None])
+            not_negative_image_rows = not_negative_image_rows | (logits_per_text.t().detach() >= pair[:, None])
+        text_rows, negative_images = self._sample_hard_negatives(logits_per_text, not_negative_text_rows, random_share)
+        image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative_image_rows, random_share)
         itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
         itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
         itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])

@@ -403,6 +403,44 @@ def test_hard_negatives_in_forward_respect_image_ids(pretraining_model, monkeypa
                 assert column not in (0, 1)
 
 
+def _spy_on_negative_draws(model, monkeypatch) -> list:
+    """Records (similarity, not_negative) of each ITM negative draw: text rows first, then image rows."""
+    calls = []
+    original = model._sample_hard_negatives
+
+    def spy(similarity, not_negative, share=None):
+        calls.append((similarity.detach().clone(), not_negative.clone()))
+        return original(similarity, not_negative, share)
+
+    monkeypatch.setattr(model, "_sample_hard_negatives", spy)
+    return calls
+
+
+def test_itm_image_rows_see_the_false_negative_mask_transposed(pretraining_model, monkeypatch):
+    calls = _spy_on_negative_draws(pretraining_model, monkeypatch)
+    known = torch.zeros(4, 4, dtype=torch.bool)
+    known[0, 2] = True  # caption 0 is true of image 2 (not caption 2 of image 0)
+    with torch.no_grad():
+        pretraining_model(**pairs(4), false_negative_mask=known)
+    (_, text_rows), (_, image_rows) = calls
+    assert text_rows[0, 2] and not text_rows[2, 0]  # caption 0 never gets image 2 as a negative
+    assert image_rows[2, 0] and not image_rows[0, 2]  # image 2 never gets caption 0 as a negative
+
+
+def test_itm_can_skip_the_negatives_scored_at_or_above_the_pair(monkeypatch):
+    torch.manual_seed(0)
+    model = SiscForPreTraining(tiny_config(itm_skip_negatives_above_pair=True)).eval()
+    calls = _spy_on_negative_draws(model, monkeypatch)
+    with torch.no_grad():
+        model(**pairs(6))
+    eye = torch.eye(6, dtype=torch.bool)
+    for similarity, not_negative in calls:  # rows: the anchors; the diagonal: each anchor's own pair
+        above = similarity >= similarity.diagonal()[:, None]
+        assert (above & ~eye).any() and (~above).any()  # the random model ranks some negatives above their pair
+        assert torch.equal(not_negative, above | eye)
+    assert not SiscForPreTraining(tiny_config()).config.itm_skip_negatives_above_pair  # off by default
+
+
 def test_batch_of_one_has_no_negatives_and_finite_losses(pretraining_model):
     torch.manual_seed(0)
     with torch.no_grad():

@@ -535,3 +535,38 @@ def test_image_tower_only_trains_the_image_tower_alone_and_pretraining_goes_on_f
     with pytest.raises(ValueError, match="momentum copy"):
         train(pairs_file, tmp_path / "momentum", "--image_tower_only", "--word_prediction_loss_weight", "1",
               "--momentum_distillation", "--max_steps", "1")
+
+
+def test_image_tower_steps_run_both_stages_in_one_command(pairs_file, tmp_path):
+    """--image_tower_steps N (the main job's two stages) = --image_tower_only for N steps at
+    --image_tower_learning_rate into <output_dir>-tower, then the run from that checkpoint."""
+    words = ("--word_prediction_loss_weight", "1")
+    result = train(pairs_file, tmp_path / "main", *words, "--image_tower_steps", "2", "--image_tower_learning_rate", "5e-3",
+                   "--max_steps", "2", "--checkpointing_steps", "1")
+    tower = tmp_path / "main-tower"
+    first = json.load(open(tower / "results.json"))
+    assert first["global_step"] == 2 and first["args"]["image_tower_only"] is True
+    assert first["args"]["learning_rate"] == first["args"]["vision_learning_rate"] == 5e-3
+    assert all(set(name for name in entry if name.startswith("loss")) == {"loss", "loss_word_prediction"}
+               for entry in first["history"])
+    second = json.load(open(tmp_path / "main" / "results.json"))
+    assert result["global_step"] == 2 and second["args"]["model_name_or_path"] == str(tower)
+    assert "loss_itc" in second["history"][0]
+    # the same first stage as the two-command recipe
+    train(pairs_file, tmp_path / "by_hand", *words, "--image_tower_only", "--max_steps", "2", "--learning_rate", "5e-3")
+    by_hand, in_one = final_state(tmp_path / "by_hand"), final_state(tower)
+    assert all(torch.allclose(by_hand[name], in_one[name], atol=1e-6) for name in by_hand)
+    # a resume goes on with the second stage from the first stage's checkpoint, without training the tower again
+    written = os.path.getmtime(tower / "model.safetensors")
+    resumed = train(pairs_file, tmp_path / "main", *words, "--image_tower_steps", "2", "--image_tower_learning_rate", "5e-3",
+                    "--max_steps", "2", "--resume_from_checkpoint", str(tmp_path / "main" / "checkpoints" / "step_1"))
+    assert resumed["global_step"] == 2 and os.path.getmtime(tower / "model.safetensors") == written
+
+
+def test_image_tower_steps_refuse_what_cannot_go_with_them(pairs_file, tmp_path):
+    with pytest.raises(ValueError, match="--image_tower_steps 0"):
+        train(pairs_file, tmp_path / "a", "--image_tower_steps", "2", "--model_name_or_path", str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="pass only one of the two"):
+        train(pairs_file, tmp_path / "b", "--image_tower_steps", "2", "--image_tower_only")
+    with pytest.raises(FileNotFoundError, match="first stage's model"):
+        train(pairs_file, tmp_path / "c", "--image_tower_steps", "2", "--resume_from_checkpoint", "latest")

@@ -35,11 +35,12 @@ before the optimizer applies it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import datasets
 import matplotlib
 import torch
+from accelerate import PartialState
 from transformers import AutoProcessor
 
 from configuration_sisc import SiscConfig
@@ -63,7 +64,7 @@ from sisc_train.evaluation.retrieval import (
     shapes_retrieval_set,
     skip_report,
 )
-from sisc_train.evaluation.retrieval_metrics import retrieval_metrics
+from sisc_train.evaluation.retrieval_metrics import RERANK_SCORES, rerank_mode, retrieval_metrics
 from sisc_train.loop.arguments import TrainingArguments, parse_args
 from sisc_train.loop.trainer import Task, train
 from sisc_train.publishing.model_card import render_model_card
@@ -149,6 +150,11 @@ class ModelArguments:
         metadata={"help": "ITM curriculum: the share of uniformly drawn negatives moves linearly from "
                           "--itm_random_negatives to this over the run (e.g. 1 -> 0: easy negatives first)."},
     )
+    itm_skip_negatives_above_pair: bool | None = field(
+        default=None,
+        metadata={"help": "Leave out of the ITM negatives those the contrastive similarity scores at or above the pair "
+                          "(often false negatives once ITC is good; default: the config's)."},
+    )
     momentum_distillation: bool = field(
         default=False, metadata={"help": "ALBEF's momentum encoder, queue and soft targets (new models only)."}
     )
@@ -228,12 +234,27 @@ class PretrainingArguments(TrainingArguments):
     metric_for_best_model: str = field(default="r_mean", metadata={"help": "Validation metric (higher is better) that picks the kept model."})
     diagnostics_steps: int = field(default=200, metadata={"help": "Save weight heat map + histogram every N steps."})
     rerank_k: int = field(default=16, metadata={"help": "Final evaluation also with ITM re-ranking of the top k ITC candidates (0: ITC only)."})
+    rerank_score: str = field(
+        default="itm",
+        metadata={"help": "What orders the re-ranked top k in the results and the model card: 'itm' (ALBEF: the ITM "
+                          "head's log-odds alone) or 'itm+itc' (plus the ITC logit, as BLIP's evaluation adds the ITC "
+                          "similarity). The final evaluation prints both."},
+    )
     image_tower_only: bool = field(
         default=False,
         metadata={"help": "Train only the image tower and its word head, on the word-prediction loss (each caption's "
                           "words from its image; the text tower and the fusion encoder are not run): a first stage, "
                           "then pretrain from it with --model_name_or_path. Needs word_prediction_loss_weight > 0 (the "
                           "small model's default); no retrieval evaluation (the text side is untrained)."},
+    )
+    image_tower_steps: int = field(
+        default=0,
+        metadata={"help": "Two stages in one run (the main job: 1000): first the image tower and its word head alone "
+                          "for this many steps (as --image_tower_only, at --image_tower_learning_rate, saved to "
+                          "<output_dir>-tower), then this run from that checkpoint. 0: one stage."},
+    )
+    image_tower_learning_rate: float = field(
+        default=3e-3, metadata={"help": "The first stage's learning rate (--image_tower_steps)."}
     )
 
 # what a resumed run must share with the run that wrote the checkpoint besides the training settings: the model, the
@@ -263,7 +284,8 @@ def build_model(model_args: ModelArguments, processor, total_steps: int,
         alpha_schedule=model_args.alpha_schedule,
     )
     for name in ("mlm_loss_weight", "itm_loss_weight", "negative_caption_loss_weight",
-                 "word_prediction_loss_weight", "itm_random_negatives", "itm_random_negatives_end", *PEER_OBJECTIVE_SETTINGS):
+                 "word_prediction_loss_weight", "itm_random_negatives", "itm_random_negatives_end",
+                 "itm_skip_negatives_above_pair", *PEER_OBJECTIVE_SETTINGS):
         if getattr(model_args, name) is not None:
             regulation[name] = getattr(model_args, name)
     checkpoint = SiscConfig.from_pretrained(model_args.model_name_or_path) if model_args.model_name_or_path else None
@@ -460,6 +482,7 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         eval_dataset_name=data_args.eval_dataset,
         rerank_metrics=rerank_metrics,
         rerank_k=args.rerank_k or None,
+        rerank_score=args.rerank_score,
         fine_tuned_for=fine_tuned_for,
         repo_id=args.push_to_hub,
     )
@@ -499,7 +522,7 @@ class PretrainingTask(Task):
             if self.config.word_prediction_loss_weight > 0:  # the small model's default adds a word head
                 later["word_prediction_loss_weight"] = self.config.word_prediction_loss_weight
         for name in ("itm_random_negatives", "itm_random_negatives_end", "negative_caption_loss_weight",
-                     "word_prediction_loss_weight", *PEER_OBJECTIVE_SETTINGS):
+                     "word_prediction_loss_weight", "itm_skip_negatives_above_pair", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
                 later[name] = getattr(self.model_args, name)
         if self.args.image_tower_only:
@@ -511,6 +534,7 @@ class PretrainingTask(Task):
 
     def load_data(self):
         model_args, data_args, accelerator = self.model_args, self.data_args, self.accelerator
+        rerank_mode(self.args.rerank_k, self.args.rerank_score)  # an unknown --rerank_score fails before training
         if model_args.oracle_false_negatives and (data_args.dataset != "shapes" or accelerator.num_processes > 1):
             raise ValueError("--oracle_false_negatives needs the embedded shapes dataset (its ground truth) and one process")
         self.processor = (
@@ -645,7 +669,9 @@ class PretrainingTask(Task):
     def summary_fields(self) -> dict:
         return {
             "rerank_k": self.args.rerank_k or None,
+            "rerank_score": self.args.rerank_score if self.args.rerank_k else None,
             "rerank_metrics": None,
+            "other_rerank_metrics": None,
             "eval_split": self.data_args.eval_split or None,
             "eval_timing": None,
             "eval_skipped": None,
@@ -664,9 +690,12 @@ class PretrainingTask(Task):
             model.sisc, self.processor, self.eval_sets[self.data_args.eval_split], rerank_k=self.args.rerank_k,
             image_batch_size=self.args.eval_batch_size, accelerator=self.accelerator, max_bad_fraction=self.data_args.max_bad_fraction,
         )
+        other = [score for score in RERANK_SCORES if score != self.args.rerank_score]
         summary.update(
-            metrics=results["itc"], rerank_metrics=results.get(f"itm_top{self.args.rerank_k}"), eval_timing=results["timing"],
-            eval_skipped=results.get("skipped"),
+            metrics=results["itc"], rerank_metrics=results.get(rerank_mode(self.args.rerank_k, self.args.rerank_score)),
+            other_rerank_metrics={rerank_mode(self.args.rerank_k, score): results[rerank_mode(self.args.rerank_k, score)]
+                                  for score in other if rerank_mode(self.args.rerank_k, score) in results} or None,
+            eval_timing=results["timing"], eval_skipped=results.get("skipped"),
         )
 
     def write_card(self, model, summary: dict) -> None:
@@ -679,7 +708,10 @@ class PretrainingTask(Task):
     def print_results(self, summary: dict) -> None:
         metrics, rerank_metrics = summary["metrics"], summary["rerank_metrics"]
         if metrics:
-            modes = {"itc": metrics, **({f"itm_top{self.args.rerank_k}": rerank_metrics} if rerank_metrics else {})}
+            modes = {"itc": metrics}
+            if rerank_metrics:
+                modes[rerank_mode(self.args.rerank_k, self.args.rerank_score)] = rerank_metrics
+                modes.update(summary.get("other_rerank_metrics") or {})
             print("retrieval on the held-out split:")
             if skip_report(summary["eval_skipped"]):
                 print(f"  ({skip_report(summary['eval_skipped'])}; the metrics are those of the readable items)")
@@ -697,9 +729,43 @@ def len_or_none(rows):
 ARGUMENTS = (ModelArguments, DataArguments, PretrainingArguments, EncoderArguments)
 
 
+def image_tower_stage(model_args: ModelArguments, data_args: DataArguments, args: PretrainingArguments,
+                      encoder_args: EncoderArguments) -> str:
+    """The first stage of --image_tower_steps: trains the new model's image tower and word head alone into
+    <output_dir>-tower and returns that folder (the second stage's --model_name_or_path). A resumed run reuses the
+    finished first stage instead of training it again."""
+    if args.image_tower_only:
+        raise ValueError("--image_tower_steps runs --image_tower_only as its first stage: pass only one of the two")
+    if model_args.model_name_or_path:
+        raise ValueError(f"--image_tower_steps trains a new model's image tower first, but --model_name_or_path "
+                         f"{model_args.model_name_or_path} is a trained one: pass --image_tower_steps 0 to go on from it")
+    tower_dir = args.output_dir.rstrip("/\\") + "-tower"
+    if args.resume_from_checkpoint:
+        if not os.path.exists(os.path.join(tower_dir, "results.json")):
+            raise FileNotFoundError(f"--resume_from_checkpoint with --image_tower_steps: the first stage's model "
+                                    f"{tower_dir} is missing or unfinished, so the second stage cannot go on from it")
+        return tower_dir
+    stage_args = replace(
+        args, output_dir=tower_dir, overwrite_output_dir=True, image_tower_only=True, image_tower_steps=0,
+        max_steps=args.image_tower_steps, learning_rate=args.image_tower_learning_rate, vision_learning_rate=None,
+        vision_learning_rate_factor=1.0, push_to_hub=None,
+    )
+    # the teacher and the momentum copy belong to the second stage (the first trains neither)
+    stage_model_args = replace(model_args, teacher=None, teacher_cache=None, momentum_distillation=False)
+    train(PretrainingTask(stage_model_args, data_args, stage_args, encoder_args), stage_args)
+    return tower_dir
+
+
 def main(argv=None, defaults: dict | None = None, task_class: type[PretrainingTask] = PretrainingTask) -> dict:
     """Parse the arguments (`defaults`: a preset of another job, e.g. retrieval fine-tuning) and train."""
-    task = task_class(*parse_args(ARGUMENTS, argv, defaults))
+    model_args, data_args, args, encoder_args = parse_args(ARGUMENTS, argv, defaults)
+    if args.image_tower_steps > 0:
+        PartialState().print(f"stage 1 of 2: the image tower and its word head alone, {args.image_tower_steps} steps")
+        tower_dir = image_tower_stage(model_args, data_args, args, encoder_args)
+        PartialState().print(f"stage 2 of 2: every loss, from {tower_dir}")
+        # the tower's checkpoint holds the new model the encoder flags described
+        model_args, encoder_args = replace(model_args, model_name_or_path=tower_dir), EncoderArguments()
+    task = task_class(model_args, data_args, args, encoder_args)
     summary = train(task, task.args)
     return {"metrics": summary["metrics"], "rerank_metrics": summary["rerank_metrics"],
             "global_step": summary["global_step"], "best_model": summary["best_model"]}
