@@ -10,7 +10,9 @@
 2. The checkpoint's own ITM head, as pretrained, on the held-out test split: each caption with its image and with
    one image it is false of, the most ITC-similar such image of its batch of 64 (the pretraining's hard negative)
    or one at random. Printed: accuracy over the 2 x 1,500 pairs (chance 50%), and how often the true pair scores
-   above the negative.
+   above the negative. Then how often the negatives pretraining's ITM sampler favours are false negatives (the
+   caption is true of that image too): the most ITC-similar other image of the batch, every one the similarity
+   scores at or above the pair (what `itm_skip_negatives_above_pair` leaves out), and one at random.
 3. Image-text matching from the checkpoint's fusion encoder: a copy of the model trains its fusion encoder and ITM
    head alone (towers frozen) on the embedded captions, each caption with its image and with one image it is false
    of, picked at random or (as in pretraining) the most ITC-similar such image of the batch. Printed: accuracy over
@@ -90,14 +92,17 @@ def run_probes(model, processor, cache_dir: str) -> list[dict]:
     return rows
 
 
-def itm_as_pretrained(model, processor, pairs, batch: int = 64, seed: int = 0) -> list[dict]:
-    """The checkpoint's ITM head on `pairs` (a shapes split), against ITC-hard and random negatives (module doc)."""
+def itm_as_pretrained(model, processor, pairs, batch: int = 64, seed: int = 0) -> tuple[list[dict], dict]:
+    """The checkpoint's ITM head on `pairs` (a shapes split), against ITC-hard and random negatives, and how many
+    of the negatives pretraining would draw are false negatives (module doc, parts 2 and 3)."""
     from sisc_train.synthetic.shapes import caption_matches
 
-    facts, scenes = list(pairs["caption_facts"]), list(pairs["scene"])
+    facts, scenes, image_ids = list(pairs["caption_facts"]), list(pairs["scene"]), list(pairs["image_id"])
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     scores = {"hard": [], "random": []}  # per caption: (P(match) of the true pair, P(match) of the negative)
+    # per kind of negative: [how many the caption is true of, how many]
+    false_negatives = {"most_similar": [0, 0], "scored_at_or_above_the_pair": [0, 0], "random": [0, 0]}
     rng = random.Random(seed)
     with torch.no_grad():
         for start in range(0, len(order), batch):
@@ -107,6 +112,16 @@ def itm_as_pretrained(model, processor, pairs, batch: int = 64, seed: int = 0) -
             text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
             image = model.get_image_features(inputs["pixel_values"])
             similarity = (text @ image.t()).tolist()
+            for a, i in enumerate(rows):  # the batch's other images, as pretraining's ITM sampler sees them
+                others = [k for k in range(len(rows)) if image_ids[rows[k]] != image_ids[i]]
+                if not others:
+                    continue
+                picks = {"most_similar": [max(others, key=lambda k: similarity[a][k])],
+                         "scored_at_or_above_the_pair": [k for k in others if similarity[a][k] >= similarity[a][a]],
+                         "random": [rng.choice(others)]}
+                for kind, ks in picks.items():
+                    false_negatives[kind][0] += sum(caption_matches(facts[i], scenes[rows[k]]) for k in ks)
+                    false_negatives[kind][1] += len(ks)
             for kind in scores:
                 negatives = []
                 for a, i in enumerate(rows):
@@ -130,7 +145,12 @@ def itm_as_pretrained(model, processor, pairs, batch: int = 64, seed: int = 0) -
                         "true_pair_scores_higher": ranked})
         print(f"  {kind:<6} negatives: accuracy {accuracy:.1f}%, the true pair scores higher for {ranked:.1f}% of "
               f"{len(pairs_scored)} captions", flush=True)
-    return results
+    print(f"false negatives among a caption's other images of its batch of {batch} (the caption is true of them too):")
+    shares = {}
+    for kind, (true_of, total) in false_negatives.items():
+        shares[kind] = {"false_negatives": true_of, "negatives": total, "percent": 100 * true_of / max(total, 1)}
+        print(f"  {kind.replace('_', ' '):<28} {shares[kind]['percent']:5.1f}% of {total}", flush=True)
+    return results, shares
 
 
 def itm_learning(model, processor, negatives: str, steps: int, batch: int, cache_dir: str, seed: int = 0) -> dict:
@@ -210,12 +230,13 @@ def main(argv=None) -> dict:
     print("the checkpoint's ITM head on the test split (chance 50%):", flush=True)
     from sisc_train.synthetic.shapes import load_shapes_dataset
 
-    itm_pretrained = itm_as_pretrained(model, processor, load_shapes_dataset(cache_dir=args.data_cache_dir)["test"])
+    itm_pretrained, false_negatives = itm_as_pretrained(model, processor, load_shapes_dataset(cache_dir=args.data_cache_dir)["test"])
     itm = []
     if args.itm_steps > 0:  # 0: the probes only
         print(f"image-text matching, fusion encoder + ITM head trained alone ({args.itm_steps} steps, chance 50%):", flush=True)
         itm = [itm_learning(model, processor, kind, args.itm_steps, args.itm_batch, args.data_cache_dir) for kind in ("random", "hard")]
-    result = {"model": args.model, "probes": probes, "itm_pretrained": itm_pretrained, "itm": itm}
+    result = {"model": args.model, "probes": probes, "itm_pretrained": itm_pretrained,
+              "false_negatives_among_negatives": false_negatives, "itm": itm}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=2)

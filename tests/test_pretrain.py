@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -561,6 +563,19 @@ def test_image_tower_steps_run_both_stages_in_one_command(pairs_file, tmp_path):
     resumed = train(pairs_file, tmp_path / "main", *words, "--image_tower_steps", "2", "--image_tower_learning_rate", "5e-3",
                     "--max_steps", "2", "--resume_from_checkpoint", str(tmp_path / "main" / "checkpoints" / "step_1"))
     assert resumed["global_step"] == 2 and os.path.getmtime(tower / "model.safetensors") == written
+
+
+def test_the_main_job_script_runs_both_stages(pairs_file, tmp_path):
+    """scripts/run_main.sh: its two stages' flags come first, so the caller's flags override them."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "main"
+    subprocess.run(["bash", str(root / "scripts" / "run_main.sh"), "--dataset", pairs_file, "--output_dir", str(out), *TINY,
+                    "--word_prediction_loss_weight", "1", "--image_tower_steps", "2", "--max_steps", "1"],
+                   cwd=root, check=True, env={**os.environ, "SISC_NUM_THREADS": "1"})
+    assert json.load(open(tmp_path / "main-tower" / "results.json"))["global_step"] == 2
+    summary = json.load(open(out / "results.json"))
+    assert summary["global_step"] == 1 and summary["args"]["num_epochs"] == 5  # the script's stage-2 length, overridden
+    assert summary["args"]["model_name_or_path"] == str(tmp_path / "main-tower")
 
 
 def test_image_tower_steps_refuse_what_cannot_go_with_them(pairs_file, tmp_path):

@@ -2,9 +2,10 @@
 
     accelerate launch train/pretrain.py [--config FILE.yaml|json] [--key value ...]
 
-With no arguments this is the repository's main job: it builds (or loads from cache) the embedded shapes dataset,
-trains the small default model on the CPU for a few minutes, evaluates zero-shot retrieval on the held-out split
-and saves a checkpoint (safetensors, config, processor, code, model card) to `--output_dir`.
+With no arguments it builds (or loads from cache) the embedded shapes dataset, trains the small default model on the
+CPU for a few minutes, evaluates zero-shot retrieval on the held-out split and saves a checkpoint (safetensors,
+config, processor, code, model card) to `--output_dir`. The repository's main job (scripts/run_main.sh) adds
+`--image_tower_steps 1000 --num_epochs 5`: the image tower and its word head alone first, then every loss from there.
 
 Data (`--dataset`): the embedded shapes data, or the formats of `sisc_train/data/pairs.py`, detected from the file
 or folder (`--data_format` overrides): ALBEF's annotation files, Karpathy JSON, COCO captions, img2dataset's
@@ -235,10 +236,11 @@ class PretrainingArguments(TrainingArguments):
     diagnostics_steps: int = field(default=200, metadata={"help": "Save weight heat map + histogram every N steps."})
     rerank_k: int = field(default=16, metadata={"help": "Final evaluation also with ITM re-ranking of the top k ITC candidates (0: ITC only)."})
     rerank_score: str = field(
-        default="itm",
-        metadata={"help": "What orders the re-ranked top k in the results and the model card: 'itm' (ALBEF: the ITM "
-                          "head's log-odds alone) or 'itm+itc' (plus the ITC logit, as BLIP's evaluation adds the ITC "
-                          "similarity). The final evaluation prints both."},
+        default="itm+itc",
+        metadata={"help": "What orders the re-ranked top k in the results and the model card: 'itm+itc' (the ITM "
+                          "head's log-odds plus the ITC logit, as BLIP's evaluation adds the ITC similarity: with a "
+                          "strong ITC the ITM score alone throws its order away) or 'itm' (ALBEF: the ITM log-odds "
+                          "alone). The final evaluation prints both."},
     )
     image_tower_only: bool = field(
         default=False,
