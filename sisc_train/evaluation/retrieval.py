@@ -468,9 +468,10 @@ def evaluate_retrieval(
     accelerator=None,
     max_bad_fraction: float | None = 0.05,
 ) -> dict[str, dict]:
-    """{"itc": metrics[, "itm_top{k}": metrics, "itm_itc_top{k}": metrics], "timing": seconds and items per second, "skipped": what was left
-    out (see `leave_out_bad_items`)}; the same on every process. The metrics are those of the readable items; more
-    unreadable or empty (image, caption) pairs than `max_bad_fraction` (None: no limit) raise BadEvaluationData."""
+    """{"itc": metrics[, "itm_top{k}": metrics, "itm_itc_top{k}": metrics (re-ranked, see `itm_rerank`)], "timing":
+    seconds and items per second, "skipped": what was left out (see `leave_out_bad_items`)}; the same on every
+    process. The metrics are those of the readable items; more unreadable or empty (image, caption) pairs than
+    `max_bad_fraction` (None: no limit) raise BadEvaluationData."""
     was_training = model.training
     model.eval()
     started = time.perf_counter()

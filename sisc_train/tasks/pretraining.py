@@ -692,12 +692,11 @@ class PretrainingTask(Task):
             model.sisc, self.processor, self.eval_sets[self.data_args.eval_split], rerank_k=self.args.rerank_k,
             image_batch_size=self.args.eval_batch_size, accelerator=self.accelerator, max_bad_fraction=self.data_args.max_bad_fraction,
         )
-        other = [score for score in RERANK_SCORES if score != self.args.rerank_score]
+        reranked = {name: results[name] for name in (rerank_mode(self.args.rerank_k, score) for score in RERANK_SCORES)
+                    if name in results}
         summary.update(
-            metrics=results["itc"], rerank_metrics=results.get(rerank_mode(self.args.rerank_k, self.args.rerank_score)),
-            other_rerank_metrics={rerank_mode(self.args.rerank_k, score): results[rerank_mode(self.args.rerank_k, score)]
-                                  for score in other if rerank_mode(self.args.rerank_k, score) in results} or None,
-            eval_timing=results["timing"], eval_skipped=results.get("skipped"),
+            metrics=results["itc"], rerank_metrics=reranked.pop(rerank_mode(self.args.rerank_k, self.args.rerank_score), None),
+            other_rerank_metrics=reranked or None, eval_timing=results["timing"], eval_skipped=results.get("skipped"),
         )
 
     def write_card(self, model, summary: dict) -> None:
