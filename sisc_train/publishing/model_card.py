@@ -26,8 +26,6 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from sisc_train.evaluation.retrieval_metrics import rerank_mode
-
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the templates live in <repo>/model_cards/
 TEMPLATE_PATH = REPO_ROOT / "model_cards" / "template.md"
 TAGS = ["sisc", "vision-language", "contrastive-learning", "image-text-retrieval"]
@@ -322,7 +320,7 @@ def render_model_card(
     eval_dataset_name: str | None = None,
     rerank_metrics: Mapping[str, float] | None = None,
     rerank_k: int | None = None,
-    rerank_score: str = "itm",
+    rerank_mode: str | None = None,
     fine_tuned_for: str | None = None,
     repo_id: str | None = None,
     template_path: str | os.PathLike | None = None,
@@ -347,8 +345,9 @@ def render_model_card(
         eval_dataset_name: the data the metrics were computed on when not `dataset_name` (a separate evaluation file).
         rerank_metrics: the same metrics after ITM re-ranking of each query's top `rerank_k` ITC candidates
             (`train/evaluate_retrieval.py`); a second results table and model-index entries whose metric types
-            are prefixed `itm_top{k}_` (or `itm_itc_top{k}_` for rerank_score "itm+itc").
-        rerank_score: what ordered the re-ranked candidates: "itm" (the ITM head alone, ALBEF) or "itm+itc".
+            are prefixed `<rerank_mode>_`.
+        rerank_mode: the re-ranking's results key (`sisc_train.evaluation.retrieval_metrics.rerank_mode`):
+            `itm_top{k}` (the ITM head alone, ALBEF; the default) or `itm_itc_top{k}` (ITM + ITC).
         fine_tuned_for: the downstream task the model was fine-tuned for (e.g. "image-text retrieval"); None for
             a pretrained model, whose results are zero-shot.
         repo_id: the path shown in the usage snippet (default: `model_name`).
@@ -381,10 +380,11 @@ def render_model_card(
     if rerank_metrics:
         if not rerank_k:
             raise ValueError("rerank_metrics need the rerank_k they were computed with")
-        by = "ITM" if rerank_score == "itm" else "ITM + ITC"
+        rerank_mode = rerank_mode or f"itm_top{rerank_k}"
+        by = "ITM + ITC" if rerank_mode.startswith("itm_itc_") else "ITM"
         eval_results += _eval_results(
             rerank_metrics, eval_type, eval_label, eval_split,
-            f"Image-text retrieval ({setting}, {by} re-ranking of the top {rerank_k})", f"{rerank_mode(rerank_k, rerank_score)}_",
+            f"Image-text retrieval ({setting}, {by} re-ranking of the top {rerank_k})", f"{rerank_mode}_",
         )
 
     card_data = ModelCardData(
@@ -422,8 +422,8 @@ def render_model_card(
         result_rows=result_rows,
         rerank_rows=_result_rows(rerank_metrics or {}),
         rerank_k=rerank_k,
-        rerank_prefix=rerank_mode(rerank_k, rerank_score) if rerank_metrics else None,
-        rerank_with_itc=rerank_score == "itm+itc",
+        rerank_prefix=rerank_mode if rerank_metrics else None,
+        rerank_with_itc=bool(rerank_metrics) and rerank_mode.startswith("itm_itc_"),
         fine_tuned_for=fine_tuned_for,
         objective_text=_objective_text(config),
         result_notes=result_notes,

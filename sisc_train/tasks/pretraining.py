@@ -484,7 +484,7 @@ def write_card(args, model_args, data_args, config, metrics, data_description, n
         eval_dataset_name=data_args.eval_dataset,
         rerank_metrics=rerank_metrics,
         rerank_k=args.rerank_k or None,
-        rerank_score=args.rerank_score,
+        rerank_mode=rerank_mode(args.rerank_k, args.rerank_score) if args.rerank_k else None,
         fine_tuned_for=fine_tuned_for,
         repo_id=args.push_to_hub,
     )
