@@ -104,6 +104,7 @@ def itm_as_pretrained(model, processor, pairs, batch: int = 64, seed: int = 0) -
     # per kind of negative: [how many the caption is true of, how many]
     false_negatives = {"most_similar": [0, 0], "scored_at_or_above_the_pair": [0, 0], "random": [0, 0]}
     rng = random.Random(seed)
+    count_rng = random.Random(seed + 1)  # its own draws: counting leaves the random negatives above as they were
     with torch.no_grad():
         for start in range(0, len(order), batch):
             rows = order[start : start + batch]
@@ -118,7 +119,7 @@ def itm_as_pretrained(model, processor, pairs, batch: int = 64, seed: int = 0) -
                     continue
                 picks = {"most_similar": [max(others, key=lambda k: similarity[a][k])],
                          "scored_at_or_above_the_pair": [k for k in others if similarity[a][k] >= similarity[a][a]],
-                         "random": [rng.choice(others)]}
+                         "random": [count_rng.choice(others)]}
                 for kind, ks in picks.items():
                     false_negatives[kind][0] += sum(caption_matches(facts[i], scenes[rows[k]]) for k in ks)
                     false_negatives[kind][1] += len(ks)

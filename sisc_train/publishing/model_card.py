@@ -377,14 +377,16 @@ def render_model_card(
     eval_label = str(eval_dataset_name) if eval_dataset_name else dataset_label
     eval_type = eval_label if _looks_like_hub_id(eval_label) else Path(eval_label).name or eval_label
     eval_results = _eval_results(metrics, eval_type, eval_label, eval_split, f"Image-text retrieval ({setting}, ITC)")
+    rerank_with_itc = False
     if rerank_metrics:
         if not rerank_k:
             raise ValueError("rerank_metrics need the rerank_k they were computed with")
         rerank_mode = rerank_mode or f"itm_top{rerank_k}"
-        by = "ITM + ITC" if rerank_mode.startswith("itm_itc_") else "ITM"
+        rerank_with_itc = rerank_mode.startswith("itm_itc_")
         eval_results += _eval_results(
             rerank_metrics, eval_type, eval_label, eval_split,
-            f"Image-text retrieval ({setting}, {by} re-ranking of the top {rerank_k})", f"{rerank_mode}_",
+            f"Image-text retrieval ({setting}, {'ITM + ITC' if rerank_with_itc else 'ITM'} re-ranking of the top {rerank_k})",
+            f"{rerank_mode}_",
         )
 
     card_data = ModelCardData(
@@ -423,7 +425,7 @@ def render_model_card(
         rerank_rows=_result_rows(rerank_metrics or {}),
         rerank_k=rerank_k,
         rerank_prefix=rerank_mode if rerank_metrics else None,
-        rerank_with_itc=bool(rerank_metrics) and rerank_mode.startswith("itm_itc_"),
+        rerank_with_itc=rerank_with_itc,
         fine_tuned_for=fine_tuned_for,
         objective_text=_objective_text(config),
         result_notes=result_notes,
