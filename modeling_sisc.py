@@ -41,7 +41,9 @@ from transformers.models.bert.modeling_bert import (
     BertModel,
     BertOnlyMLMHead,
     BertOutput,
+    eager_attention_forward,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 try:  # loaded as a Hub/remote-code module
@@ -395,6 +397,14 @@ def bag_of_words_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> t
     return -((targets[rows] / words[rows, None]) * log_probs).sum(dim=1).mean()
 
 
+def cosine_matrix(rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """(n, m) cosine similarities of unit vectors, always in float32 with autocast off: under bf16 autocast the
+    matmul would round them to about 3 significant digits, errors that the contrastive temperature (logits of
+    cos / 0.07) multiplies into the loss's logits."""
+    with torch.autocast(device_type=rows.device.type, enabled=False):
+        return rows.float() @ columns.float().t()
+
+
 def same_id_mask(row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
     """Bool mask of off-diagonal pairs that share an id (e.g. two captions of one image): not negatives."""
     mask = row_ids.view(-1, 1) == col_ids.view(1, -1)
@@ -516,19 +526,43 @@ class SiscFusionLayer(GradientCheckpointingLayer):
         encoder_hidden_states,
         encoder_attention_mask=None,
         second_encoder_hidden_states=None,
+        encoder_index=None,
         *,
         second_crossattention: nn.Module | None = None,
         branch_merge: nn.Module | None = None,
     ):
         """`second_encoder_hidden_states` (NLVR's second image): the text also attends to them with
         `second_crossattention`, and `branch_merge` merges the two branches' outputs before the feed-forward block.
-        Tensors are positional so that gradient checkpointing carries their gradients."""
+        `encoder_index` (rows,): text row r attends to `encoder_hidden_states[encoder_index[r]]` (see
+        `indexed_cross_attention`). Tensors are positional so that gradient checkpointing carries their gradients."""
         hidden_states, _ = self.attention(hidden_states, attention_mask)
-        attended, _ = self.crossattention(hidden_states, None, encoder_hidden_states, encoder_attention_mask)
+        if encoder_index is None:
+            attended, _ = self.crossattention(hidden_states, None, encoder_hidden_states, encoder_attention_mask)
+        else:
+            attended = self.indexed_cross_attention(hidden_states, encoder_hidden_states, encoder_attention_mask, encoder_index)
         if second_encoder_hidden_states is not None:
             second, _ = second_crossattention(hidden_states, None, second_encoder_hidden_states)
             attended = branch_merge(torch.cat([attended, second], dim=-1))
         return self.output(self.intermediate(attended), attended)
+
+    def indexed_cross_attention(self, hidden_states, encoder_hidden_states, encoder_attention_mask, encoder_index):
+        """`self.crossattention` for rows that share images: row r attends to `encoder_hidden_states[encoder_index[r]]`.
+        The keys and values are projected once per image and then gathered, the same numbers as projecting the
+        gathered states: ITM scores each image with three captions, and its key / value projections of all the
+        image tokens are the largest part of a fusion layer's work on short captions."""
+        attention = self.crossattention.self
+        query_shape = (*hidden_states.shape[:-1], -1, attention.attention_head_size)
+        query = attention.query(hidden_states).view(query_shape).transpose(1, 2)
+        image_shape = (*encoder_hidden_states.shape[:-1], -1, attention.attention_head_size)
+        key = attention.key(encoder_hidden_states).view(image_shape).transpose(1, 2)[encoder_index]
+        value = attention.value(encoder_hidden_states).view(image_shape).transpose(1, 2)[encoder_index]
+        # the kernel BertCrossAttention would use (config._attn_implementation), called as it calls it
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+        attended, _ = interface(
+            attention, query, key, value, encoder_attention_mask,
+            dropout=attention.dropout.p if attention.training else 0.0, scaling=attention.scaling,
+        )
+        return self.crossattention.output(attended.reshape(*hidden_states.shape[:-1], -1).contiguous(), hidden_states)
 
 
 class SiscFusionEncoder(nn.Module):
@@ -544,23 +578,71 @@ class SiscFusionEncoder(nn.Module):
         self.layer = nn.ModuleList([SiscFusionLayer(config, i) for i in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask=None):
+    def forward(self, text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask=None,
+                image_index=None):
+        """`image_index` (rows,): text row r is fused with image `image_index[r]` of `image_hidden_states` (and
+        `image_attention_mask`), whose keys and values are then computed once per image; default: row r with image r.
+
+        A batch of captions of mixed lengths runs as two groups of rows sorted by length, each cut to its longest
+        caption (`length_groups`): captions are padded to the batch's longest, often twice their mean, and the fusion
+        layers' work grows with the padded length. The real tokens' states are those of one pass (up to float
+        rounding); padding positions beyond a group's longest caption come back as zeros."""
+        rows = text_hidden_states.shape[0]
+        if image_index is not None and (image_index.dim() != 1 or image_index.shape[0] != rows):
+            raise ValueError(f"image_index must give one image per text row: shape ({rows},), got {tuple(image_index.shape)}")
         image_hidden_states = self.image_projection(image_hidden_states)
+        groups = length_groups(text_attention_mask)
+        if groups is None:
+            return self._fuse(text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask, image_index)
+        padded_length, outputs = text_hidden_states.shape[1], []
+        for group, length in groups:
+            if image_index is None:  # aligned rows: the group's own images
+                image_mask = None if image_attention_mask is None else image_attention_mask[group]
+                images, index = image_hidden_states[group], None
+            else:
+                images, image_mask, index = image_hidden_states, image_attention_mask, image_index[group]
+            fused = self._fuse(text_hidden_states[group, :length], text_attention_mask[group, :length], images, image_mask, index)
+            outputs.append(F.pad(fused, (0, 0, 0, padded_length - length)))
+        order = torch.cat([group for group, _ in groups])
+        return torch.cat(outputs)[torch.argsort(order)]
+
+    def _fuse(self, text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask, image_index):
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=text_hidden_states, attention_mask=text_attention_mask
         )
         encoder_attention_mask = None
         if image_attention_mask is not None:
+            if image_index is not None:
+                image_attention_mask = image_attention_mask[image_index]
             encoder_attention_mask = create_bidirectional_mask(
                 config=self.config,
                 inputs_embeds=text_hidden_states,
                 attention_mask=image_attention_mask,
-                encoder_hidden_states=image_hidden_states,
+                encoder_hidden_states=image_hidden_states if image_index is None else image_hidden_states[image_index],
             )
         hidden_states = text_hidden_states
         for layer in self.layer:
-            hidden_states = layer(hidden_states, attention_mask, image_hidden_states, encoder_attention_mask)
+            hidden_states = layer(hidden_states, attention_mask, image_hidden_states, encoder_attention_mask, None, image_index)
         return hidden_states
+
+
+# Fewer rows than this run as one group: splitting small batches saves little and costs a pass per group.
+MIN_ROWS_PER_LENGTH_GROUP = 16
+
+
+def length_groups(attention_mask: torch.Tensor | None, num_groups: int = 2) -> list[tuple[torch.Tensor, int]] | None:
+    """Rows of a (rows, padded length) mask split into `num_groups` groups by the extent of their tokens (the
+    position after the last real token, so left padding is safe too), as [(row indices, the group's longest extent)],
+    shortest first; None when splitting would not shorten any group (or the batch is small)."""
+    if attention_mask is None or attention_mask.dim() != 2 or attention_mask.shape[0] < num_groups * MIN_ROWS_PER_LENGTH_GROUP:
+        return None
+    padded_length = attention_mask.shape[1]
+    extent = padded_length - (attention_mask != 0).flip(1).int().argmax(dim=1)  # all-padding rows count as full
+    order = torch.argsort(extent, stable=True)
+    groups = [(group, int(extent[group[-1]])) for group in order.chunk(num_groups)]
+    if all(length == padded_length for _, length in groups):
+        return None
+    return groups
 
 
 # Tokens before the patch states in each tower's output ([CLS]; DeiT adds a distillation token; SigLIP has none).
@@ -704,10 +786,13 @@ class SiscPreTrainedModel(PreTrainedModel):
         image_size: int | None = None,
         vocab_size: int | None = None,
         pad_token_id: int | None = None,
+        text_dropout: float | None = None,
         **config_kwargs,
     ) -> SiscConfig:
         """The SiscConfig of a model built from pretrained encoders: the towers' sizes come from the encoders'
         configs, everything else from `config` (default `SiscConfig()`, the paper's model) and `config_kwargs`.
+        `text_dropout`: the dropout of the text and fusion encoders' hidden states and attention probabilities
+        (default: the BERT checkpoint's, else `config`'s).
 
         `image_size`: the image tower's input size (default: the vision checkpoint's; position embeddings are
         interpolated when it differs). `vocab_size` / `pad_token_id`: the tokenizer's; with a text checkpoint the
@@ -757,6 +842,11 @@ class SiscPreTrainedModel(PreTrainedModel):
                     fields[name]["vocab_size"] = vocab_size
                 if pad_token_id is not None:
                     fields[name]["pad_token_id"] = pad_token_id
+        if text_dropout is not None:
+            if not 0.0 <= text_dropout < 1.0:
+                raise ValueError(f"text_dropout must lie in [0, 1), got {text_dropout}")
+            for name in ("text_config", "fusion_encoder_config"):
+                fields[name]["hidden_dropout_prob"] = fields[name]["attention_probs_dropout_prob"] = text_dropout
         return SiscConfig.from_dict({**fields, **config_kwargs})
 
     @classmethod
@@ -973,9 +1063,10 @@ class SiscModel(SiscPreTrainedModel):
         """L2-normalised text embeddings, shape (batch, embed_dim)."""
         return self.encode_text(input_ids, attention_mask, token_type_ids, position_ids)[1]
 
-    def fuse(self, text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask=None):
-        """Fusion encoder output (batch, seq, hidden) for aligned batches of text and image hidden states."""
-        return self.fusion_model(text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask)
+    def fuse(self, text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask=None, image_index=None):
+        """Fusion encoder output (batch, seq, hidden) for aligned batches of text and image hidden states, or with
+        `image_index` (batch,) for texts that share images: text i is fused with image `image_index[i]`."""
+        return self.fusion_model(text_hidden_states, text_attention_mask, image_hidden_states, image_attention_mask, image_index)
 
     def get_itm_logits(
         self,
@@ -986,23 +1077,25 @@ class SiscModel(SiscPreTrainedModel):
         *,
         text_hidden_states=None,
         image_hidden_states=None,
+        image_index=None,
         interpolate_pos_encoding: bool = False,
     ) -> torch.FloatTensor:
         """Image-text matching logits (batch, 2) for aligned pairs; column 1 is "match".
 
         Pass raw inputs, or hidden states cached from `encode_text` / `encode_image` (re-ranking many candidates
-        for one query without re-encoding).
+        for one query without re-encoding). With `image_index` (batch,), text i is scored against image
+        `image_index[i]` of the images given (each image encoded and its keys / values projected once).
         """
         if text_hidden_states is None:
             text_hidden_states = self.encode_text(input_ids, attention_mask, token_type_ids)[0].last_hidden_state
         if image_hidden_states is None:
             image_hidden_states = self.encode_image(pixel_values, interpolate_pos_encoding)[0].last_hidden_state
-        if text_hidden_states.shape[0] != image_hidden_states.shape[0]:
+        if image_index is None and text_hidden_states.shape[0] != image_hidden_states.shape[0]:
             raise ValueError(
                 f"get_itm_logits scores aligned pairs: got {text_hidden_states.shape[0]} texts and "
-                f"{image_hidden_states.shape[0]} images"
+                f"{image_hidden_states.shape[0]} images (pass image_index to pair texts with shared images)"
             )
-        fused = self.fuse(text_hidden_states, attention_mask, image_hidden_states)
+        fused = self.fuse(text_hidden_states, attention_mask, image_hidden_states, image_index=image_index)
         return self.itm_head(fused[:, 0])
 
     # ---- contrastive head ----
@@ -1132,7 +1225,7 @@ class SiscModel(SiscPreTrainedModel):
                     f"teacher embeddings have {teacher_image.shape[0]} image / {teacher_text.shape[0]} text rows "
                     f"for a batch of {image_embeds.shape[0]} pairs"
                 )
-            teacher_cos = teacher_text @ teacher_image.t()
+            teacher_cos = cosine_matrix(teacher_text, teacher_image)
         ignore_mask = positives = None
         if image_ids is not None:
             ids = gather(image_ids)
@@ -1152,7 +1245,7 @@ class SiscModel(SiscPreTrainedModel):
             known = false_negative_mask.to(text_embeds.device, torch.bool)
             known = known & ~torch.eye(known.shape[0], dtype=torch.bool, device=known.device)  # positives stay
             ignore_mask = known if ignore_mask is None else ignore_mask | known
-        cos = text_embeds @ image_embeds.t()
+        cos = cosine_matrix(text_embeds, image_embeds)
         return self.itc_loss(
             cos, cos.t(), teacher_t2i=teacher_cos, teacher_i2t=None if teacher_cos is None else teacher_cos.t(), alpha=alpha,
             ignore_t2i=ignore_mask, ignore_i2t=None if ignore_mask is None else ignore_mask.t(), positives_t2i=positives,
@@ -1191,7 +1284,7 @@ class SiscModel(SiscPreTrainedModel):
             raise ValueError("SiscModel.forward needs both input_ids and pixel_values (use get_*_features for one)")
         vision_outputs, image_embeds = self.encode_image(pixel_values, interpolate_pos_encoding, **kwargs)
         text_outputs, text_embeds = self.encode_text(input_ids, attention_mask, token_type_ids, position_ids, **kwargs)
-        logits_per_text = self.logit_scale_value() * text_embeds @ image_embeds.t()
+        logits_per_text = self.logit_scale_value() * cosine_matrix(text_embeds, image_embeds)
 
         loss = weights_t2i = weights_i2t = None
         if return_loss:
@@ -1480,19 +1573,19 @@ class SiscForPreTraining(SiscPreTrainedModel):
         if teacher_image_embeds is not None:
             teacher_image = F.normalize(gather(teacher_image_embeds.detach()).float(), dim=-1)
             teacher_text = F.normalize(gather(teacher_text_embeds.detach()).float(), dim=-1)
-            teacher_t2i = teacher_text @ torch.cat([teacher_image, queue["teacher_image"]]).t()
-            teacher_i2t = teacher_image @ torch.cat([teacher_text, queue["teacher_text"]]).t()
+            teacher_t2i = cosine_matrix(teacher_text, torch.cat([teacher_image, queue["teacher_image"]]))
+            teacher_i2t = cosine_matrix(teacher_image, torch.cat([teacher_text, queue["teacher_text"]]))
 
         scale = sisc.logit_scale_value()
         with torch.no_grad():
-            soft_t2i = torch.softmax(scale.detach() * (text_m @ image_candidates.t()).float(), dim=1)
-            soft_i2t = torch.softmax(scale.detach() * (image_m @ text_candidates.t()).float(), dim=1)
+            soft_t2i = torch.softmax(scale.detach() * cosine_matrix(text_m, image_candidates), dim=1)
+            soft_i2t = torch.softmax(scale.detach() * cosine_matrix(image_m, text_candidates), dim=1)
             one_hot = torch.zeros_like(soft_t2i)
             one_hot[torch.arange(batch), torch.arange(batch)] = 1.0
             targets_t2i = config.distill_alpha * soft_t2i + (1 - config.distill_alpha) * one_hot
             targets_i2t = config.distill_alpha * soft_i2t + (1 - config.distill_alpha) * one_hot
         loss, weights_t2i, weights_i2t = sisc.itc_loss(
-            text_embeds @ image_candidates.t(), image_embeds @ text_candidates.t(), teacher_t2i=teacher_t2i,
+            cosine_matrix(text_embeds, image_candidates), cosine_matrix(image_embeds, text_candidates), teacher_t2i=teacher_t2i,
             teacher_i2t=teacher_i2t, alpha=alpha, ignore_t2i=ignore, ignore_i2t=ignore, targets_t2i=targets_t2i,
             targets_i2t=targets_i2t,
         )
@@ -1581,8 +1674,9 @@ class SiscForPreTraining(SiscPreTrainedModel):
         image_rows, negative_texts = self._sample_hard_negatives(logits_per_text.t(), not_negative_image_rows, random_share)
         itm_text_states = torch.cat([text_states, text_states[text_rows], text_states[negative_texts]])
         itm_text_mask = torch.cat([attention_mask, attention_mask[text_rows], attention_mask[negative_texts]])
-        itm_image_states = torch.cat([image_states, image_states[negative_images], image_states[image_rows]])
-        fused = self.sisc.fuse(itm_text_states, itm_text_mask, itm_image_states)
+        # each image is fused with three captions: its keys / values are projected once (`image_index`)
+        image_index = torch.cat([torch.arange(batch, device=device), negative_images, image_rows])
+        fused = self.sisc.fuse(itm_text_states, itm_text_mask, image_states, image_index=image_index)
         logits = self.sisc.itm_head(fused[:, 0])
         labels = torch.cat(
             [
@@ -1726,7 +1820,7 @@ class SiscForPreTraining(SiscPreTrainedModel):
                 caption_ids=caption_ids,
                 false_negative_mask=false_negative_mask,
             )
-        logits_per_text = sisc.logit_scale_value() * text_embeds @ image_embeds.t()
+        logits_per_text = sisc.logit_scale_value() * cosine_matrix(text_embeds, image_embeds)
         config = self.config
         zero = image_embeds.new_zeros((), dtype=torch.float32)
         itm_logits = itm_labels = mlm_logits = None

@@ -202,3 +202,21 @@ def test_the_small_model_defaults_to_the_hybrid_tower_and_0_gives_the_plain_vit(
     config = json.load(open(tmp_path / "vit" / "config.json"))
     assert config["vision_conv_stem"] is None and config["image_pooling"] == "cls"
     assert config["word_prediction_loss_weight"] == 0
+
+
+def test_text_dropout_sets_the_text_and_fusion_encoders_of_a_new_model_only(encoders, pairs_file, tmp_path):
+    base = ["--dataset", pairs_file, "--eval_split", "", *RUN, "--image_size", "16", "--hidden_size", "32"]
+    pretrain.main([*base, "--output_dir", str(tmp_path / "small"), "--text_dropout", "0"])
+    pretrain.main([*base, "--output_dir", str(tmp_path / "bert"), "--text_dropout", "0.2",
+                   "--text_model_name_or_path", str(encoders / "bert")])
+    for name, dropout in (("small", 0.0), ("bert", 0.2)):
+        config = json.load(open(tmp_path / name / "config.json"))
+        for tower in ("text_config", "fusion_encoder_config"):
+            assert config[tower]["hidden_dropout_prob"] == config[tower]["attention_probs_dropout_prob"] == dropout
+        assert config["vision_config"]["hidden_dropout_prob"] == 0.0  # the image tower keeps its own
+        assert json.load(open(tmp_path / name / "results.json"))["args"]["text_dropout"] == dropout
+    with pytest.raises(ValueError, match="cannot go with --text_dropout"):
+        pretrain.main([*base, "--output_dir", str(tmp_path / "never"), "--model_name_or_path", str(tmp_path / "small"),
+                       "--text_dropout", "0"])
+    with pytest.raises(ValueError, match=r"text_dropout must lie in \[0, 1\), got 1.5"):
+        pretrain.main([*base, "--output_dir", str(tmp_path / "never"), "--text_dropout", "1.5"])

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import modeling_sisc
 from tests.helpers.fresh_process import python_without_repo
 from configuration_sisc import SiscConfig
 from modeling_sisc import (
@@ -199,6 +200,92 @@ def test_teacher_embeddings_give_the_teacher_regulated_weights(base_model):
     torch.testing.assert_close(from_matrix.weights_i2t, from_embeds.weights_i2t)
     # and alpha = 0.3 really mixes: the weights differ from the teacher-only ones
     assert not torch.allclose(from_embeds.weights_t2i, out.weights_t2i)
+
+
+def _fusion_inputs(rows, images=8, length=12, seed=0):
+    """Text states of `rows` captions of mixed lengths (row 0 full), `images` images' patch states, a row -> image index."""
+    g = torch.Generator().manual_seed(seed)
+    _, mask = make_text(rows, length=length, seed=seed)
+    text = torch.randn(rows, length, 32, generator=g)
+    image_states = torch.randn(images, 5, 32, generator=g)
+    index = torch.randint(images, (rows,), generator=g)
+    return text, mask, image_states, index
+
+
+@pytest.mark.parametrize("rows", [6, 40])  # one pass; two length groups
+def test_fusion_with_an_image_index_equals_fusing_the_gathered_images(base_model, rows):
+    text, mask, image_states, index = _fusion_inputs(rows)
+    image_mask = torch.ones(8, 5, dtype=torch.long)
+    image_mask[3, 2:] = 0
+    with torch.no_grad():
+        for kwargs, gathered in (({}, {}), ({"image_attention_mask": image_mask}, {"image_attention_mask": image_mask[index]})):
+            indexed = base_model.fuse(text, mask, image_states, image_index=index, **kwargs)
+            reference = base_model.fuse(text, mask, image_states[index], **gathered)
+            real = mask.bool()  # padding positions may differ (see the next test)
+            torch.testing.assert_close(indexed[real], reference[real], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="image_index must give one image per text row"):
+        base_model.fuse(text, mask, image_states, image_index=index[:-1])
+    with torch.no_grad():  # and the ITM scores of texts paired with shared images (re-ranking's top-k)
+        shared = base_model.get_itm_logits(attention_mask=mask, text_hidden_states=text, image_hidden_states=image_states,
+                                           image_index=index)
+        aligned = base_model.get_itm_logits(attention_mask=mask, text_hidden_states=text,
+                                            image_hidden_states=image_states[index])
+    torch.testing.assert_close(shared, aligned, atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_runs_mixed_lengths_as_two_groups_with_the_one_pass_states_and_gradients():
+    torch.manual_seed(0)
+    model = SiscModel(tiny_config())  # train mode, dropout 0
+    text, mask, image_states, index = _fusion_inputs(40, length=12, seed=1)
+    mask[1:] = 0
+    mask[1:, :3] = 1  # row 0 has 12 tokens, every other row 3: the short group is cut to 3 positions
+    groups = modeling_sisc.length_groups(mask)
+    assert [length for _, length in groups] == [3, 12] and sorted(torch.cat([g for g, _ in groups]).tolist()) == list(range(40))
+
+    def run(fuse):
+        states = text.clone().requires_grad_(True)
+        images = image_states.clone().requires_grad_(True)
+        out = fuse(states, images)
+        (out * mask[..., None]).square().sum().backward()
+        return out, states.grad, images.grad
+
+    grouped = run(lambda states, images: model.fuse(states, mask, images[index]))
+    one_pass = run(lambda states, images: model.fusion_model._fuse(states, mask, images[index], None, None))
+    real = mask.bool()
+    torch.testing.assert_close(grouped[0][real], one_pass[0][real], atol=1e-5, rtol=1e-5)
+    short_rows = groups[0][0]
+    assert grouped[0][short_rows, 3:].abs().max() == 0  # beyond the short group's length: zeros
+    for got, want in zip(grouped[1:], one_pass[1:]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_length_groups_split_only_when_a_group_gets_shorter():
+    length_groups = modeling_sisc.length_groups
+    full = torch.ones(40, 6, dtype=torch.long)
+    assert length_groups(full) is None  # nothing to cut
+    assert length_groups(None) is None
+    short = full.clone()
+    short[:, 4:] = 0
+    assert length_groups(short[:31]) is None  # too few rows to split
+    left_padded = short.flip(1)  # tokens at the end: every row still needs all 6 positions
+    assert length_groups(left_padded) is None
+    mixed = full.clone()
+    mixed[:20, 2:] = 0
+    mixed[25] = 0  # an all-padding row counts as full length
+    groups = length_groups(mixed)
+    assert [length for _, length in groups] == [2, 6]
+    assert sorted(groups[0][0].tolist()) == list(range(20))
+
+
+def test_similarities_stay_float32_under_bf16_autocast(base_model):
+    torch.manual_seed(0)
+    a, b = F.normalize(torch.randn(5, 16), dim=-1), F.normalize(torch.randn(7, 16), dim=-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cos = modeling_sisc.cosine_matrix(a, b)
+        out = base_model(**pairs(4), return_loss=True)
+    assert cos.dtype == torch.float32
+    torch.testing.assert_close(cos, a @ b.t())
+    assert out.logits_per_text.dtype == torch.float32 and torch.isfinite(out.loss)
 
 
 # --------------------------------------------------------------------------------------------------------------

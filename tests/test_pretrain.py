@@ -574,8 +574,10 @@ def test_the_main_job_script_runs_both_stages(pairs_file, tmp_path):
                    cwd=root, check=True, env={**os.environ, "SISC_NUM_THREADS": "1"})
     assert json.load(open(tmp_path / "main-tower" / "results.json"))["global_step"] == 2
     summary = json.load(open(out / "results.json"))
-    assert summary["global_step"] == 1 and summary["args"]["num_epochs"] == 5  # the script's stage-2 length, overridden
+    assert summary["global_step"] == 1 and summary["args"]["num_epochs"] == 7  # the script's stage-2 length, overridden
     assert summary["args"]["model_name_or_path"] == str(tmp_path / "main-tower")
+    config = json.load(open(out / "config.json"))  # the first stage's new model took --text_dropout 0, the second kept it
+    assert config["text_config"]["hidden_dropout_prob"] == config["fusion_encoder_config"]["attention_probs_dropout_prob"] == 0
 
 
 def test_image_tower_steps_refuse_what_cannot_go_with_them(pairs_file, tmp_path):

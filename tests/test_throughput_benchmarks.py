@@ -121,3 +121,16 @@ def test_peak_memory_sees_a_large_tensor():
         block = torch.ones(64, 2**20)  # 256 MiB, mmapped and given back when freed
         del block
     assert peak.peak_bytes >= 200 * 2**20
+
+
+def test_joint_step_benchmark_runs_every_variant_and_the_shared_fusion_keeps_the_losses(tmp_path):
+    import joint_step
+
+    out = tmp_path / "joint.json"
+    results = joint_step.main(["--batch_size", "32", "--batches", "1", "--rounds", "1", "--warmup", "0",
+                               "--shapes_num_train", "64", "--image_size", "32", "--hidden_size", "32",
+                               "--data_cache_dir", str(tmp_path / "cache"), "--output", str(out)])
+    assert set(results["variants"]) == set(joint_step.VARIANTS)
+    assert results["shared_vs_one_pass_loss_difference"] < 1e-4
+    assert json.loads(out.read_text())["variants"]["before"]["ratio_to_before"] == 1.0
+    assert joint_step.SiscFusionEncoder.forward is joint_step.SHARED_FUSION  # restored

@@ -400,10 +400,12 @@ def itm_log_odds_of_top_k(model, encoded: EncodedSet, itc_similarity: torch.Tens
             candidate = top_index[query].reshape(-1)
             query = query.repeat_interleave(k)
             image_index, text_index = (query, candidate) if image_queries else (candidate, query)
+            images, pair_image = image_index.unique(return_inverse=True)  # each image's keys / values once
             logits = model.get_itm_logits(
                 attention_mask=encoded.text_mask[text_index].to(device),
                 text_hidden_states=encoded.text_hidden[text_index].to(device),
-                image_hidden_states=encoded.image_hidden[image_index].to(device),
+                image_hidden_states=encoded.image_hidden[images].to(device),
+                image_index=pair_image.to(device),
             )
             itm.append((logits[:, 1] - logits[:, 0]).float().cpu().view(-1, k))
     return top_index, _gather(torch.cat(itm) if itm else torch.empty(0, k), accelerator)

@@ -77,6 +77,11 @@ class EncoderArguments:
                           "of pretrained towers) or 'max' (maximum over the patch states; the small model's default; "
                           "SiscConfig.image_pooling)."},
     )
+    text_dropout: float | None = field(
+        default=None,
+        metadata={"help": "A new model's dropout in the text and fusion encoders (hidden states and attention "
+                          "probabilities; default: the BERT checkpoint's or the preset's, 0.1). The main job uses 0."},
+    )
 
 
 # what a resumed run must share with the run that wrote its checkpoint
@@ -88,7 +93,7 @@ ENCODER_SETTINGS = (
 IMAGE_TOWER_FLAGS = ("vision_conv_stem", "image_pooling")
 # the flags that say where a new model starts (they cannot go with a SISC checkpoint)
 START_FLAGS = ("model_config", "vision_model_name_or_path", "text_model_name_or_path", "tokenizer_name_or_path",
-               "num_text_layers", *IMAGE_TOWER_FLAGS)
+               "num_text_layers", "text_dropout", *IMAGE_TOWER_FLAGS)
 
 
 def starts_new_model(encoder_args: EncoderArguments | None) -> bool:
@@ -190,6 +195,8 @@ def new_model_config(encoder_args: EncoderArguments, tokenizer, **config_kwargs)
         base = preset(encoder_args)
     start = dict(config=base, image_size=image_size, vocab_size=len(tokenizer), pad_token_id=pad_token_id, **ids,
                  **config_kwargs)
+    if encoder_args.text_dropout is not None:
+        start["text_dropout"] = encoder_args.text_dropout
     config = SiscPreTrainedModel.config_from_encoders(
         encoder_args.vision_model_name_or_path, encoder_args.text_model_name_or_path, encoder_args.num_text_layers,
         **start,

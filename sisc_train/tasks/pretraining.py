@@ -523,6 +523,8 @@ class PretrainingTask(Task):
                 later["image_tower"] = f"conv stem {stem}, {pooling} read-out"
             if self.config.word_prediction_loss_weight > 0:  # the small model's default adds a word head
                 later["word_prediction_loss_weight"] = self.config.word_prediction_loss_weight
+            if self.encoder_args.text_dropout is not None:
+                later["text_dropout"] = self.encoder_args.text_dropout
         for name in ("itm_random_negatives", "itm_random_negatives_end", "negative_caption_loss_weight",
                      "word_prediction_loss_weight", "itm_skip_negatives_above_pair", *PEER_OBJECTIVE_SETTINGS):
             if getattr(self.model_args, name) is not None:
