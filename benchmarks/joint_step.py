@@ -14,7 +14,8 @@ on ONE model and optimizer between steps:
 - `shared_fusion`: the fusion encoder as it runs now: ITM's image keys / values projected once per image
   (`image_index`), the rows in two groups by caption length (`length_groups`); dropout 0.1;
 - `no_text_dropout`: one-pass fusion, dropout 0 in the text and fusion encoders (`--text_dropout 0`);
-- `main_job`: both, the main job's step now.
+- `main_job`: both, the main job's step now;
+- `main_job_bf16`: that step in bfloat16 autocast (`--mixed_precision bf16`).
 
 Method as in `train_speed.py`: warm-up rounds discarded; each measured round runs every variant on every batch
 once, rotating the order of the variants from round to round; every step of a round starts from the same seed;
@@ -44,7 +45,7 @@ from sisc_train.synthetic.shapes import load_shapes_dataset  # noqa: E402
 from sisc_train.tasks.pretraining import DataArguments, shapes_config_from_args  # noqa: E402
 from train_speed import ContentionMeter, paired_ratio, rotated, summarize, synchronize, timed_region, write_results  # noqa: E402
 
-VARIANTS = ("before", "shared_fusion", "no_text_dropout", "main_job")
+VARIANTS = ("before", "shared_fusion", "no_text_dropout", "main_job", "main_job_bf16")
 BERT_DROPOUT = 0.1
 SHARED_FUSION = SiscFusionEncoder.forward
 
@@ -89,8 +90,8 @@ def real_batches(args, processor, device) -> list[dict]:
 
 
 def set_variant(model: SiscForPreTraining, variant: str) -> None:
-    SiscFusionEncoder.forward = SHARED_FUSION if variant in ("shared_fusion", "main_job") else one_pass_fusion
-    dropout = 0.0 if variant in ("no_text_dropout", "main_job") else BERT_DROPOUT
+    SiscFusionEncoder.forward = one_pass_fusion if variant in ("before", "no_text_dropout") else SHARED_FUSION
+    dropout = BERT_DROPOUT if variant in ("before", "shared_fusion") else 0.0
     for tower in (model.sisc.text_model, model.sisc.fusion_model):
         for module in tower.modules():
             if isinstance(module, torch.nn.Dropout):  # the attention kernels read their module's p too
@@ -117,7 +118,8 @@ def main(argv=None) -> dict:
         synchronize(device)
         with timed_region():
             began = time.perf_counter()
-            loss = model(**batch).loss
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "main_job_bf16"):
+                loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.zero_grad(set_to_none=True)  # no update: every variant steps the same weights

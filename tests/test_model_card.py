@@ -234,6 +234,17 @@ def test_image_tower_stem_and_pooling_are_described(tmp_path, stem, pooling):
     assert ("maximum over the patch states" in card.text) == (pooling == "max")
 
 
+def test_text_and_fusion_dropout_are_described(tmp_path):
+    config = small_config()
+    for name in ("text_config", "fusion_encoder_config"):
+        config[name]["hidden_dropout_prob"] = 0.0
+    card = render_model_card(tmp_path / "card", model_config=config, metrics={}, dataset_name=None,
+                             dataset_description="pairs", num_train_pairs=10, hyperparameters={})
+    text_row = next(line for line in card.text.splitlines() if line.startswith("| Text encoder |"))
+    fusion_row = next(line for line in card.text.splitlines() if line.startswith("| Fusion encoder |"))
+    assert "dropout 0.0" in text_row and "dropout 0.0" in fusion_row
+
+
 def test_base_model_goes_to_metadata_only_when_it_is_a_hub_id(tmp_path):
     local = tmp_path / "init"
     local.mkdir()

@@ -130,6 +130,7 @@ def _architecture_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
                     part("{} layers", text.get("num_hidden_layers")),
                     part("hidden size {}", text.get("hidden_size")),
                     part("vocabulary {}", text.get("vocab_size")),
+                    part("dropout {}", text.get("hidden_dropout_prob")),
                 ]
             ),
         ),
@@ -140,6 +141,7 @@ def _architecture_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
                     "BERT layers with cross-attention to the image patches" if fusion else None,
                     part("{} layers", fusion.get("num_hidden_layers")),
                     part("hidden size {}", fusion.get("hidden_size")),
+                    part("dropout {}", fusion.get("hidden_dropout_prob")),
                 ]
             ),
         ),
