@@ -4,8 +4,9 @@
 # outputs/sisc-small: first the image tower and its word head alone for 1,000 steps (saved to
 # outputs/sisc-small-tower; from scratch the joint losses leave the tower blind to shapes, benchmarks/README.md
 # part 6), then every loss for 7 epochs from there, without dropout in the text and fusion encoders (faster
-# steps, and the ITM head learns in fewer of them: benchmarks/README.md part 8). Extra arguments go to train/pretrain.py after these and override
-# them (e.g. --loss infonce, --num_epochs 2; --image_tower_steps 0: one stage from scratch).
+# steps, and the ITM head learns in fewer of them: benchmarks/README.md part 8). Extra arguments go to
+# train/pretrain.py after these and override them (e.g. --loss infonce, --num_epochs 2; --image_tower_steps 0: one
+# stage from scratch).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
