@@ -3,11 +3,12 @@
     python benchmarks/joint_step.py                       # CPU, the main job's model and batches, 8 rounds
     python benchmarks/joint_step.py --device cuda --rounds 20
 
-One step = forward of every loss (SRCL + ITM + MLM + word prediction), backward and gradient clipping (no AdamW
-update, which costs the same in every variant: all variants then see the same weights and their losses can be
-compared, a check that the shared fusion computes what the one-pass fusion does), on the small default model (`SiscConfig.small`) and on real batches of the embedded shapes data (64 pairs, captions padded
-to each batch's longest, as the collator does: their lengths decide what the length groups save). Variants, toggled
-on ONE model and optimizer between steps:
+One step = forward of every loss (SRCL + ITM + MLM + word prediction), backward and gradient clipping, on the small
+default model (`SiscConfig.small`) and on real batches of the embedded shapes data (64 pairs, captions padded to
+each batch's longest, as the collator does: their lengths decide what the length groups save). There is no AdamW
+update, which costs the same in every variant: so all variants see the same weights, and their losses can be
+compared, a check that the shared fusion computes what the one-pass fusion does. Variants, toggled on ONE model
+between steps:
 
 - `before`: text and fusion encoders with BERT's dropout 0.1, and the fusion encoder run in one pass on every row
   with each row's image states gathered (how the step ran before this change);
@@ -105,7 +106,6 @@ def main(argv=None) -> dict:
     config = SiscConfig.small(vocab_size=len(processor.tokenizer), image_size=args.image_size, hidden_size=args.hidden_size)
     torch.manual_seed(args.seed)
     model = SiscForPreTraining(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     batches = real_batches(args, processor, device)
     lengths = [int(b["attention_mask"].shape[1]) for b in batches]
     mean_tokens = statistics.fmean(float(b["attention_mask"].sum(1).float().mean()) for b in batches)
@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.zero_grad(set_to_none=True)  # no update: every variant steps the same weights
+            model.zero_grad(set_to_none=True)  # no update: every variant sees the same weights
             synchronize(device)
             return time.perf_counter() - began, loss.item()
 
