@@ -5,7 +5,8 @@
 With no arguments it builds (or loads from cache) the embedded shapes dataset, trains the small default model on the
 CPU for a few minutes, evaluates zero-shot retrieval on the held-out split and saves a checkpoint (safetensors,
 config, processor, code, model card) to `--output_dir`. The repository's main job (scripts/run_main.sh) adds
-`--image_tower_steps 1000 --num_epochs 5`: the image tower and its word head alone first, then every loss from there.
+`--image_tower_steps 1000 --num_epochs 7 --text_dropout 0`: the image tower and its word head alone first, then every
+loss from there.
 
 Data (`--dataset`): the embedded shapes data, or the formats of `sisc_train/data/pairs.py`, detected from the file
 or folder (`--data_format` overrides): ALBEF's annotation files, Karpathy JSON, COCO captions, img2dataset's
